@@ -1,0 +1,1 @@
+/* attribution.c: being written. */

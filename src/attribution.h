@@ -1,0 +1,35 @@
+/*
+ * attribution.h: where a lead came from. A pure function of the parsed request.
+ *
+ * UTM parameters and click ids are taken, per key, from the first place that has them: the
+ * submitted fields, the request's query string, the Referer's query string, then the first-party
+ * attribution cookie (a urlencoded set of the same keys). host, landing_page and referrer describe
+ * the page; ip and user_agent the visitor. Every value is capped and stripped of control characters.
+ */
+#ifndef LB_ATTRIBUTION_H
+#define LB_ATTRIBUTION_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "request.h"
+
+struct attribution_conf {
+    const char *cookie_name;            /* NULL: no cookie */
+    const char *const *trusted_proxies; /* addresses whose X-Forwarded-For we believe */
+    size_t n_trusted_proxies;
+    size_t max_value;                   /* cap for each value, bytes (whole UTF-8 characters) */
+};
+
+/* The keys, in output order: utm_source ... utm_id, gclid, fbclid, msclkid. */
+extern const char *const attribution_param_keys[];
+extern const size_t attribution_param_count;
+
+/*
+ * Returns a new object with the keys that have values, among attribution_param_keys plus "host",
+ * "landing_page", "referrer", "ip", "user_agent". Never NULL unless out of memory.
+ */
+json_t *attribution_extract(const struct request *r, const struct attribution_conf *conf);
+
+#endif

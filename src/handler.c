@@ -1,0 +1,1 @@
+/* handler.c: being written. */

@@ -1,0 +1,37 @@
+/*
+ * handler.h: one request from environment and body to a struct response.
+ *
+ * route (path → form) → method and size checks → body → parse → attribution → rules →
+ * target validation → delivery → response. The caller owns the streams: it passes a function that
+ * reads the body, so the same handler serves FastCGI, plain CGI, --dry-run and the tests.
+ */
+#ifndef LB_HANDLER_H
+#define LB_HANDLER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "log.h"
+#include "request.h"
+#include "respond.h"
+
+/* Reads up to n bytes of the body into buf. Returns the count, 0 at the end, -1 on error. */
+typedef ssize_t (*body_read_fn)(void *ctx, char *buf, size_t n);
+
+/* What one worker thread owns. */
+struct worker {
+    struct http_client *http;
+    bool dry_run;       /* build everything, send nothing, answer with the payloads */
+};
+
+/*
+ * Handles one request. Fills *out (initialised by the caller) and *rec (for the log line; its
+ * strings live until the next call on this worker or worker end).
+ */
+void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, void *env_ctx,
+                 body_read_fn read_body, void *read_ctx, struct response *out,
+                 struct log_record *rec);
+
+#endif

@@ -1,0 +1,1 @@
+/* leadref.c: being written. */

@@ -1,0 +1,27 @@
+/*
+ * leadref.h: opaque, signed references to a lead created upstream.
+ *
+ * The page gets a reference instead of the API's lead id, so a later update can only patch the lead
+ * that this bridge created for that visitor. ref = base64url(target \n lead_id \n expiry) "."
+ * base64url(HMAC-SHA256(secret, that payload)).
+ */
+#ifndef LB_LEADREF_H
+#define LB_LEADREF_H
+
+#include <stddef.h>
+
+#include "err.h"
+
+#define LEADREF_MAX 512
+
+/* Writes a reference into out. LB_ERR_INTERNAL when it does not fit or the inputs are unusable. */
+enum lb_err leadref_sign(const char *secret, const char *target, const char *lead_id,
+                         long long expires, char *out, size_t out_size);
+/*
+ * Verifies ref at time now. LB_OK with target and lead_id filled; LB_ERR_FORBIDDEN when malformed
+ * or tampered; LB_ERR_GONE when genuine but expired.
+ */
+enum lb_err leadref_verify(const char *secret, const char *ref, long long now, char *target,
+                           size_t target_size, char *lead_id, size_t lead_id_size);
+
+#endif

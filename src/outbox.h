@@ -1,0 +1,1 @@
+/* outbox.h: being written (durable outbox, issue 6). */

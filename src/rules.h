@@ -1,0 +1,40 @@
+/*
+ * rules.h: the field rules that turn a form's submitted fields into the canonical lead.
+ *
+ * Pure: data in, lead and per-field errors out; no I/O. Rules are compiled once at load (PCRE2,
+ * JIT where available) and are read-only afterwards, so one ruleset serves every thread. Match
+ * data is per thread. The rule language is documented in leadbridge.conf(5) and the README.
+ */
+#ifndef LB_RULES_H
+#define LB_RULES_H
+
+#include <jansson.h>
+
+#include "diag.h"
+#include "err.h"
+
+struct ruleset;
+
+/*
+ * Compiles the rule keys of a form object (borrowed): "rules" and "unused_fields". path is the
+ * form's JSON path ("forms.contact"). Returns a new ruleset, or NULL with the mistakes in d.
+ */
+struct ruleset *rules_compile(const json_t *form, const char *path, struct diag *d);
+
+/* The form keys rules_compile reads (NULL-terminated), for the config's unknown-key check. */
+extern const char *const rules_form_keys[];
+
+/*
+ * Applies rs to the submitted fields and the attribution (both borrowed). On LB_OK *lead is a new
+ * object (the canonical lead) and *errors is NULL when every field is valid or a new object
+ * {"field": "reason a person understands"} otherwise. Returns LB_ERR_NOMEM only.
+ */
+enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const json_t *attribution,
+                        json_t **lead, json_t **errors);
+
+/* Frees rs; NULL is a no-op. */
+void rules_free(struct ruleset *rs);
+/* Frees this thread's match data; call before a worker thread exits. */
+void rules_thread_cleanup(void);
+
+#endif

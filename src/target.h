@@ -1,0 +1,91 @@
+/*
+ * target.h: the interface every lead API sits behind.
+ *
+ * One file per API (target_leadpro.c, target_leadping.c, target_lofty.c, target_webhook.c), each
+ * a static const struct target_ops. A target turns the canonical lead into a struct http_call for an
+ * action, checks the lead locally first by the API's documented rules, and classifies the answer.
+ * None of them does I/O: http_perform() does, in deliver (target.c).
+ */
+#ifndef LB_TARGET_H
+#define LB_TARGET_H
+
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "diag.h"
+#include "err.h"
+#include "http.h"
+
+enum target_action { TARGET_CREATE = 0, TARGET_VALUATION, TARGET_UPDATE, TARGET_ACTION__MAX };
+
+enum delivery_outcome {
+    DELIVERY_OK = 0,     /* the API took it */
+    DELIVERY_TRANSIENT,  /* try again later: connection, timeout, 5xx, 408, 429 */
+    DELIVERY_PERMANENT,  /* the API refused it: other 4xx; retrying will not help */
+    DELIVERY__MAX
+};
+
+struct target_result {
+    enum delivery_outcome outcome;
+    long http_status;         /* 0 when no answer */
+    char lead_id[64];         /* the API's id for the lead, as text (64-bit safe); "" if none */
+    json_t *valuation;        /* owned; NULL or {"status":..,"sale":{min,avg,max},"rent":{...}} */
+    char reason[512];         /* for a person; never holds secrets */
+    long long retry_after;    /* seconds to wait before retrying, or -1 */
+};
+
+struct target_ops {
+    const char *type; /* "leadpro" */
+    /* Reads the target's config object (borrowed) at path. Returns its state or NULL with d set. */
+    void *(*configure)(const json_t *conf, const char *path, struct diag *d);
+    void (*free)(void *state);
+    /* Whether the API can do action at all. */
+    bool (*supports)(enum target_action action);
+    /*
+     * Checks lead by the API's documented rules before anything is sent. Adds
+     * {"field": "reason"} to errors (borrowed) and returns how many it added.
+     */
+    int (*validate)(const void *state, enum target_action action, const json_t *lead,
+                    json_t *errors);
+    /*
+     * Builds the call. lead_id is the API's id for updates (else NULL); submission_id is our
+     * stable id of the submission (the same on every retry). Fills *call.
+     */
+    enum lb_err (*build)(const void *state, enum target_action action, const json_t *lead,
+                         const char *lead_id, const char *submission_id, struct http_call *call);
+    /* Classifies the reply into *result (result is zeroed by the caller, retry_after = -1). */
+    void (*classify)(const void *state, enum target_action action, const struct http_reply *reply,
+                     struct target_result *result);
+};
+
+struct target {
+    char *name;                 /* the key under "targets" in the config */
+    const struct target_ops *ops;
+    void *state;
+};
+
+extern const struct target_ops target_leadpro_ops;
+extern const struct target_ops target_leadping_ops;
+extern const struct target_ops target_lofty_ops;
+extern const struct target_ops target_webhook_ops;
+
+/* The ops for a "type" string, or NULL. */
+const struct target_ops *target_ops_find(const char *type);
+const char *target_action_name(enum target_action a);
+const char *delivery_outcome_name(enum delivery_outcome o);
+
+/*
+ * Builds, performs and classifies one delivery. Never fails: transport errors and bad build
+ * results become an outcome in *result (free result->valuation with target_result_clear).
+ */
+void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
+                    const json_t *lead, const char *lead_id, const char *submission_id,
+                    struct target_result *result);
+void target_result_init(struct target_result *r);
+void target_result_clear(struct target_result *r);
+
+/* Shared helper for classify: status → outcome (2xx ok; 408, 429, 5xx, 0 transient; else permanent). */
+enum delivery_outcome target_outcome_for_status(long status);
+
+#endif

@@ -1,0 +1,1 @@
+/* target_leadping.c: being written. */

@@ -1,0 +1,1 @@
+/* target_leadpro.c: being written. */

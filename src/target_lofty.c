@@ -1,0 +1,1 @@
+/* target_lofty.c: being written. */

@@ -1,0 +1,1 @@
+/* target_webhook.c: being written. */
