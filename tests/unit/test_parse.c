@@ -1,0 +1,121 @@
+/*
+ * test_parse.c: unit tests for the request-body parsers (src/parse.c).
+ *
+ * Direct tests for percent-decoding and UTF-8 validation; data-driven cases for parse_body, one
+ * directory per case under tests/data/parse/ (content_type, body, and expected.json or error).
+ */
+#include <criterion/criterion.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "parse.h"
+
+#define UTF8_OK(lit) cr_assert(parse_utf8_valid(lit, sizeof(lit) - 1), "should be valid: %s", #lit)
+#define UTF8_BAD(lit) cr_assert(!parse_utf8_valid(lit, sizeof(lit) - 1), "should be bad: %s", #lit)
+
+Test(utf8, accepts_well_formed)
+{
+    UTF8_OK("");
+    UTF8_OK("plain ascii\r\n\t");
+    UTF8_OK("\x7f");
+    UTF8_OK("\xc2\x80");         /* U+0080, smallest 2-byte */
+    UTF8_OK("\xdf\xbf");         /* U+07FF */
+    UTF8_OK("\xe0\xa0\x80");     /* U+0800, smallest 3-byte */
+    UTF8_OK("\xed\x9f\xbf");     /* U+D7FF, just below surrogates */
+    UTF8_OK("\xee\x80\x80");     /* U+E000, just above surrogates */
+    UTF8_OK("\xef\xbf\xbf");     /* U+FFFF */
+    UTF8_OK("\xf0\x90\x80\x80"); /* U+10000, smallest 4-byte */
+    UTF8_OK("\xf4\x8f\xbf\xbf"); /* U+10FFFF, the largest code point */
+    UTF8_OK("Zo\xc3\xab \xe2\x82\xac \xf0\x9f\x8f\xa0");
+}
+
+Test(utf8, rejects_ill_formed)
+{
+    UTF8_BAD("\x00");
+    UTF8_BAD("a\x00z");
+    UTF8_BAD("\x80");             /* lone continuation */
+    UTF8_BAD("\xbf");
+    UTF8_BAD("\xc0\x80");         /* overlong NUL */
+    UTF8_BAD("\xc1\xbf");         /* overlong 2-byte */
+    UTF8_BAD("\xe0\x80\x80");     /* overlong 3-byte */
+    UTF8_BAD("\xe0\x9f\xbf");
+    UTF8_BAD("\xf0\x80\x80\x80"); /* overlong 4-byte */
+    UTF8_BAD("\xf0\x8f\xbf\xbf");
+    UTF8_BAD("\xed\xa0\x80");     /* U+D800 surrogate */
+    UTF8_BAD("\xed\xbf\xbf");     /* U+DFFF surrogate */
+    UTF8_BAD("\xf4\x90\x80\x80"); /* U+110000 */
+    UTF8_BAD("\xf5\x80\x80\x80");
+    UTF8_BAD("\xff");
+    UTF8_BAD("\xfe");
+    UTF8_BAD("\xc3");             /* truncated */
+    UTF8_BAD("\xe2\x82");
+    UTF8_BAD("\xf0\x9f\x8f");
+    UTF8_BAD("\xc3\x28");         /* bad continuation */
+    UTF8_BAD("\xe2\x28\xa1");
+}
+
+Test(utf8, honours_length)
+{
+    /* The bytes after len are not looked at, and a sequence cut by len is refused. */
+    cr_assert(parse_utf8_valid("ab\xff", 2));
+    cr_assert(!parse_utf8_valid("\xc3\xab", 1));
+}
+
+static void decode_ok(const char *in, bool plus, const char *want, size_t want_len)
+{
+    char *out = NULL;
+    enum lb_err e = parse_percent_decode(in, strlen(in), plus, &out);
+
+    cr_assert_eq(e, LB_OK, "decoding %s failed: %d", in, (int)e);
+    cr_assert_not_null(out);
+    cr_assert_eq(strlen(out), want_len, "length of %s", in);
+    cr_assert_eq(memcmp(out, want, want_len), 0, "decoding %s gave %s", in, out);
+    free(out);
+}
+
+static void decode_bad(const char *in, size_t len)
+{
+    char *out = (char *)1;
+    enum lb_err e = parse_percent_decode(in, len, true, &out);
+
+    cr_assert_eq(e, LB_ERR_BAD_REQUEST, "decoding %s should fail", in);
+    cr_assert_null(out);
+}
+
+Test(percent_decode, decodes)
+{
+    decode_ok("", true, "", 0);
+    decode_ok("abc", true, "abc", 3);
+    decode_ok("a+b", true, "a b", 3);
+    decode_ok("a+b", false, "a+b", 3);
+    decode_ok("a%2Bb", true, "a+b", 3);
+    decode_ok("%41%62%7e%7E", true, "Ab~~", 4);
+    decode_ok("%20%25", false, " %", 2);
+    decode_ok("Zo%C3%AB", true, "Zo\xc3\xab", 4);
+    decode_ok("%F4%8F%BF%BF", true, "\xf4\x8f\xbf\xbf", 4);
+    decode_ok("line%0D%0Anext", true, "line\r\nnext", 10);
+}
+
+Test(percent_decode, rejects_bad_escapes)
+{
+    decode_bad("%G1", 3);
+    decode_bad("%1G", 3);
+    decode_bad("ab%4", 4);
+    decode_bad("ab%", 3);
+    decode_bad("%%41", 4);
+    decode_bad("%00", 3);
+    decode_bad("a\0b", 3);
+    /* The escape is complete only within len, not within the C string. */
+    decode_bad("%41", 2);
+}
+
+Test(percent_decode, rejects_invalid_utf8)
+{
+    decode_bad("%FF", 3);
+    decode_bad("%C0%80", 6);
+    decode_bad("%ED%A0%80", 9);
+    decode_bad("%F4%90%80%80", 12);
+    decode_bad("%C3", 3);
+    decode_bad("\xc3", 1);
+}
