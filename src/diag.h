@@ -9,6 +9,7 @@
 #define LB_DIAG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 struct diag {
     const char *file; /* borrowed */
@@ -30,11 +31,22 @@ void diag_add(struct diag *d, const char *path, const char *fmt, ...)
 void diag_add_at(struct diag *d, int line, int column, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void diag_free(struct diag *d);
+/* Prints each message on its own line. */
+void diag_print(const struct diag *d, FILE *out);
+
+/*
+ * Path builders for callers: write parent + ".key" (or ["key"] with JSON escapes when key is not
+ * [A-Za-z0-9_-]+; no dot when parent is empty or NULL), or parent + "[index]", into dst. Return 0,
+ * or -1 when it does not fit (dst is then cut but NUL-terminated when size > 0). parent may be
+ * dst.
+ */
+int diag_path_key(char *dst, size_t size, const char *parent, const char *key);
+int diag_path_index(char *dst, size_t size, const char *parent, size_t index);
 
 /*
  * Finds the value at path in JSON text; sets *line and *column (1-based) and returns 0, or returns
- * -1 when the text does not contain the path (then *line/*column are the deepest ancestor found,
- * or 1:1).
+ * -1 when the text does not contain the path (then *line and *column are those of the deepest
+ * ancestor found, or 1:1). Never allocates; never reads past text[len - 1].
  */
 int jsonpos_locate(const char *text, size_t len, const char *path, int *line, int *column);
 
