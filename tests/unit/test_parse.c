@@ -119,3 +119,36 @@ Test(percent_decode, rejects_invalid_utf8)
     decode_bad("%C3", 3);
     decode_bad("\xc3", 1);
 }
+
+/* Parses s as urlencoded with limits and compares to the JSON text want. */
+static void urlencoded_ok(const char *s, const char *want)
+{
+    json_t *obj = json_object();
+    json_t *expect = json_loads(want, 0, NULL);
+    struct lb_error err = {0};
+    enum lb_err e = parse_urlencoded(s, strlen(s), NULL, obj, &err);
+    char *got;
+
+    cr_assert_eq(e, LB_OK, "%s: %s", s, err.message);
+    cr_assert_not_null(expect);
+    got = json_dumps(obj, JSON_SORT_KEYS | JSON_COMPACT);
+    cr_assert(json_equal(obj, expect), "%s gave %s, want %s", s, got, want);
+    free(got);
+    json_decref(obj);
+    json_decref(expect);
+}
+
+Test(urlencoded, direct)
+{
+    urlencoded_ok("", "{}");
+    urlencoded_ok("a=1&b=", "{\"a\":\"1\",\"b\":\"\"}");
+    urlencoded_ok("flag", "{\"flag\":\"\"}");
+    urlencoded_ok("=x&&a=1&", "{\"a\":\"1\"}");
+    urlencoded_ok("x=1&x=2&x=3", "{\"x\":[\"1\",\"2\",\"3\"]}");
+    urlencoded_ok("a%5Bb%5D=1", "{\"a\":{\"b\":\"1\"}}");
+    urlencoded_ok("a[b]=1&a[b]=2", "{\"a\":{\"b\":[\"1\",\"2\"]}}");
+    urlencoded_ok("a[]=1&a=2", "{\"a\":[\"1\",\"2\"]}");
+    urlencoded_ok("a[b=1&c]=2&[d]=3&e[f]g=4&h[][i]=5",
+                  "{\"a[b\":\"1\",\"c]\":\"2\",\"[d]\":\"3\",\"e[f]g\":\"4\",\"h[][i]\":\"5\"}");
+    urlencoded_ok("a=1;b=2", "{\"a\":\"1;b=2\"}");
+}
