@@ -1,1 +1,716 @@
-/* config.c: being written. */
+/*
+ * config.c: loads and checks the JSON configuration (see config.h and leadbridge.conf(5)).
+ *
+ * Loading is one pass that reports every mistake it can find, not just the first: syntax (with
+ * jansson's line and column), unknown keys, wrong types, ${VAR} references to unset variables,
+ * rules that do not compile, forms naming targets that do not exist, redirect pages that are not
+ * absolute or not on an allowed origin. Messages carry file, line, column and JSON path (diag.h).
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parse.h"
+#include "rules.h"
+#include "target.h"
+
+#define CONFIG_MAX_SIZE (4 * 1024 * 1024)
+#define PATH_SIZE 512
+
+static const char *const form_action_names[FORM_ACTION__MAX] = {
+    [FORM_ECHO] = "echo",
+    [FORM_CREATE] = "create",
+    [FORM_VALUATION] = "valuation",
+    [FORM_UPDATE] = "update",
+};
+
+const char *form_action_name(enum form_action a)
+{
+    return (unsigned)a < FORM_ACTION__MAX ? form_action_names[a] : "?";
+}
+
+/* ---- Paths and typed getters, shared with the modules that read their own config. ---- */
+
+static bool key_is_plain(const char *key)
+{
+    if (*key == '\0')
+        return false;
+    for (; *key != '\0'; key++)
+        if (!isalnum((unsigned char)*key) && *key != '_' && *key != '-')
+            return false;
+    return true;
+}
+
+void conf_path(char *out, size_t size, const char *parent, const char *key)
+{
+    struct buf b;
+    char *s;
+
+    if (size == 0)
+        return;
+    buf_init(&b, size - 1);
+    if (parent != NULL && *parent != '\0')
+        buf_puts(&b, parent);
+    if (key_is_plain(key)) {
+        if (b.len > 0)
+            buf_putc(&b, '.');
+        buf_puts(&b, key);
+    } else {
+        buf_puts(&b, "[\"");
+        for (; *key != '\0'; key++) {
+            if (*key == '"' || *key == '\\')
+                buf_putc(&b, '\\');
+            buf_putc(&b, *key);
+        }
+        buf_puts(&b, "\"]");
+    }
+    s = b.data;
+    snprintf(out, size, "%s", s != NULL ? s : "");
+    buf_free(&b);
+}
+
+void conf_path_index(char *out, size_t size, const char *parent, size_t index)
+{
+    if (snprintf(out, size, "%s[%zu]", parent != NULL ? parent : "", index) < 0 && size > 0)
+        out[0] = '\0';
+}
+
+void conf_check_keys(const json_t *obj, const char *path, const char *const *allowed,
+                     struct diag *d)
+{
+    const char *key;
+    json_t *value;
+    char p[PATH_SIZE];
+
+    if (!json_is_object(obj))
+        return;
+    json_object_foreach((json_t *)obj, key, value) {
+        size_t i;
+        bool known = false;
+
+        for (i = 0; allowed[i] != NULL; i++)
+            if (strcmp(allowed[i], key) == 0)
+                known = true;
+        if (!known) {
+            conf_path(p, sizeof(p), path, key);
+            diag_add(d, p, "unknown key \"%s\"", key);
+        }
+    }
+}
+
+static const char *json_type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+const char *conf_string(const json_t *obj, const char *key, const char *path, const char *dflt,
+                        bool required, struct diag *d)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[PATH_SIZE];
+
+    conf_path(p, sizeof(p), path, key);
+    if (v == NULL) {
+        if (required)
+            diag_add(d, path, "missing required key \"%s\"", key);
+        return dflt;
+    }
+    if (!json_is_string(v)) {
+        diag_add(d, p, "must be a string, not %s", json_type_name(v));
+        return dflt;
+    }
+    if (required && json_string_length(v) == 0)
+        diag_add(d, p, "must not be empty");
+    return json_string_value(v);
+}
+
+long long conf_integer(const json_t *obj, const char *key, const char *path, long long dflt,
+                       long long min, long long max, struct diag *d)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[PATH_SIZE];
+    long long n;
+
+    if (v == NULL)
+        return dflt;
+    conf_path(p, sizeof(p), path, key);
+    if (!json_is_integer(v)) {
+        diag_add(d, p, "must be a whole number, not %s", json_type_name(v));
+        return dflt;
+    }
+    n = json_integer_value(v);
+    if (n < min || n > max) {
+        diag_add(d, p, "must be between %lld and %lld", min, max);
+        return dflt;
+    }
+    return n;
+}
+
+double conf_number(const json_t *obj, const char *key, const char *path, double dflt, double min,
+                   double max, struct diag *d)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[PATH_SIZE];
+    double n;
+
+    if (v == NULL)
+        return dflt;
+    conf_path(p, sizeof(p), path, key);
+    if (!json_is_number(v)) {
+        diag_add(d, p, "must be a number, not %s", json_type_name(v));
+        return dflt;
+    }
+    n = json_number_value(v);
+    if (n < min || n > max) {
+        diag_add(d, p, "must be between %g and %g", min, max);
+        return dflt;
+    }
+    return n;
+}
+
+bool conf_bool(const json_t *obj, const char *key, const char *path, bool dflt, struct diag *d)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[PATH_SIZE];
+
+    if (v == NULL)
+        return dflt;
+    if (!json_is_boolean(v)) {
+        conf_path(p, sizeof(p), path, key);
+        diag_add(d, p, "must be true or false, not %s", json_type_name(v));
+        return dflt;
+    }
+    return json_is_true(v);
+}
+
+/* ---- ${VAR} expansion ---- */
+
+char *conf_expand_env(const char *s, char *missing, size_t missing_size)
+{
+    struct buf b;
+    const char *p = s;
+
+    if (missing_size > 0)
+        missing[0] = '\0';
+    buf_init(&b, CONFIG_MAX_SIZE);
+    while (*p != '\0') {
+        const char *end, *colon, *value;
+        char name[128];
+        size_t name_len;
+
+        if (p[0] != '$' || p[1] != '{') {
+            if (buf_putc(&b, *p++) != LB_OK)
+                goto fail;
+            continue;
+        }
+        end = strchr(p + 2, '}');
+        if (end == NULL)
+            goto fail;
+        colon = strstr(p + 2, ":-");
+        if (colon != NULL && colon > end)
+            colon = NULL;
+        name_len = (size_t)((colon != NULL ? colon : end) - (p + 2));
+        if (name_len == 0 || name_len >= sizeof(name))
+            goto fail;
+        memcpy(name, p + 2, name_len);
+        name[name_len] = '\0';
+        for (size_t i = 0; i < name_len; i++)
+            if (!isalnum((unsigned char)name[i]) && name[i] != '_')
+                goto fail;
+        value = getenv(name);
+        if (value != NULL && *value == '\0' && colon != NULL)
+            value = NULL; /* ${VAR:-x} also replaces an empty value, as in the shell */
+        if (value != NULL) {
+            if (buf_puts(&b, value) != LB_OK)
+                goto fail;
+        } else if (colon != NULL) {
+            if (buf_append(&b, colon + 2, (size_t)(end - (colon + 2))) != LB_OK)
+                goto fail;
+        } else {
+            snprintf(missing, missing_size, "%s", name);
+            buf_free(&b);
+            return NULL;
+        }
+        p = end + 1;
+    }
+    return buf_steal(&b);
+fail:
+    buf_free(&b);
+    return NULL;
+}
+
+/* Replaces every string in v (recursively) by its expansion; reports unset variables. */
+static void expand_tree(json_t *v, const char *path, struct diag *d)
+{
+    char p[PATH_SIZE];
+
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *child;
+
+        json_object_foreach(v, key, child) {
+            conf_path(p, sizeof(p), path, key);
+            expand_tree(child, p, d);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *child;
+
+        json_array_foreach(v, i, child) {
+            conf_path_index(p, sizeof(p), path, i);
+            expand_tree(child, p, d);
+        }
+    } else if (json_is_string(v) && strstr(json_string_value(v), "${") != NULL) {
+        char missing[128];
+        char *x = conf_expand_env(json_string_value(v), missing, sizeof(missing));
+
+        if (x == NULL) {
+            if (missing[0] != '\0')
+                diag_add(d, path, "environment variable %s is not set", missing);
+            else
+                diag_add(d, path, "bad ${VAR} reference (write ${NAME} or ${NAME:-default})");
+            return;
+        }
+        json_string_set(v, x);
+        free(x);
+    }
+}
+
+/* ---- The document ---- */
+
+static const char *const top_keys[] = {
+    "secret", "ref_ttl", "spool", "threads", "body_limit", "attribution", "targets", "forms",
+    "outbox", NULL,
+};
+static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
+static const char *const form_base_keys[] = {
+    "path", "action", "targets", "origins", "success_page", "error_page", "body_limit",
+    "webhook_secret",
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+/* Reads an array of strings at obj[key] into a new NULL-free array; reports mistakes. */
+static char **string_array(const json_t *obj, const char *key, const char *path, size_t *n,
+                           struct diag *d)
+{
+    json_t *arr = json_object_get(obj, key);
+    char p[PATH_SIZE];
+    char **out;
+    size_t i;
+    json_t *v;
+
+    *n = 0;
+    if (arr == NULL)
+        return NULL;
+    conf_path(p, sizeof(p), path, key);
+    if (!json_is_array(arr)) {
+        diag_add(d, p, "must be an array of strings");
+        return NULL;
+    }
+    out = calloc(json_array_size(arr) + 1, sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    json_array_foreach(arr, i, v) {
+        char ip[PATH_SIZE];
+
+        if (!json_is_string(v)) {
+            conf_path_index(ip, sizeof(ip), p, i);
+            diag_add(d, ip, "must be a string");
+            continue;
+        }
+        out[(*n)++] = strdup(json_string_value(v));
+    }
+    return out;
+}
+
+static void free_strings(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The scheme://host[:port] prefix length of an absolute http(s) URL, or 0. */
+static size_t url_origin_length(const char *url)
+{
+    const char *p;
+
+    if (strncmp(url, "https://", 8) == 0)
+        p = url + 8;
+    else if (strncmp(url, "http://", 7) == 0)
+        p = url + 7;
+    else
+        return 0;
+    if (*p == '\0' || *p == '/')
+        return 0;
+    while (*p != '\0' && *p != '/' && *p != '?' && *p != '#')
+        p++;
+    return (size_t)(p - url);
+}
+
+static bool has_control(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
+/* Checks a redirect page: absolute http(s), no control characters, origin allow-listed. */
+static void check_page(const struct form *f, const char *key, const char *url, const char *path,
+                       struct diag *d)
+{
+    char p[PATH_SIZE];
+    size_t olen;
+    bool allowed = false;
+
+    conf_path(p, sizeof(p), path, key);
+    olen = url_origin_length(url);
+    if (olen == 0 || has_control(url)) {
+        diag_add(d, p, "must be an absolute http:// or https:// URL");
+        return;
+    }
+    for (size_t i = 0; i < f->n_origins; i++)
+        if (strlen(f->origins[i]) == olen && strncmp(f->origins[i], url, olen) == 0)
+            allowed = true;
+    if (!allowed)
+        diag_add(d, p, "the page's origin is not in this form's \"origins\" (redirects go only "
+                       "to allow-listed sites)");
+}
+
+static void load_form(struct config *c, struct form *f, const char *name, const json_t *obj,
+                      const char *path, struct diag *d)
+{
+    const char *s;
+    char p[PATH_SIZE];
+    json_t *targets, *v;
+    size_t i, n_allowed = 0;
+    const char *allowed[32];
+
+    for (i = 0; i < sizeof(form_base_keys) / sizeof(form_base_keys[0]); i++)
+        allowed[n_allowed++] = form_base_keys[i];
+    for (i = 0; rules_form_keys[i] != NULL && n_allowed < 31; i++)
+        allowed[n_allowed++] = rules_form_keys[i];
+    allowed[n_allowed] = NULL;
+
+    f->name = strdup(name);
+    if (!json_is_object(obj)) {
+        diag_add(d, path, "a form must be an object");
+        return;
+    }
+    conf_check_keys(obj, path, allowed, d);
+
+    s = conf_string(obj, "path", path, NULL, true, d);
+    if (s != NULL && s[0] != '/') {
+        conf_path(p, sizeof(p), path, "path");
+        diag_add(d, p, "must start with /");
+    }
+    f->path = dup_or_null(s);
+
+    s = conf_string(obj, "action", path, "echo", false, d);
+    f->action = FORM_ACTION__MAX;
+    for (i = 0; i < FORM_ACTION__MAX; i++)
+        if (s != NULL && strcmp(s, form_action_names[i]) == 0)
+            f->action = (enum form_action)i;
+    if (f->action == FORM_ACTION__MAX) {
+        conf_path(p, sizeof(p), path, "action");
+        diag_add(d, p, "must be one of echo, create, valuation, update");
+        f->action = FORM_ECHO;
+    }
+
+    f->origins = string_array(obj, "origins", path, &f->n_origins, d);
+    for (i = 0; i < f->n_origins; i++) {
+        size_t olen = url_origin_length(f->origins[i]);
+
+        if (olen == 0 || olen != strlen(f->origins[i])) {
+            char op[PATH_SIZE];
+
+            conf_path(p, sizeof(p), path, "origins");
+            conf_path_index(op, sizeof(op), p, i);
+            diag_add(d, op, "must be an origin such as \"https://www.example.com\" (no path)");
+        }
+    }
+    f->success_page = dup_or_null(conf_string(obj, "success_page", path, NULL, false, d));
+    f->error_page = dup_or_null(conf_string(obj, "error_page", path, NULL, false, d));
+    if (f->success_page != NULL)
+        check_page(f, "success_page", f->success_page, path, d);
+    if (f->error_page != NULL)
+        check_page(f, "error_page", f->error_page, path, d);
+    f->body_limit = (size_t)conf_integer(obj, "body_limit", path, (long long)c->body_limit, 64,
+                                         16 * 1024 * 1024, d);
+    f->webhook_secret = dup_or_null(conf_string(obj, "webhook_secret", path, NULL, false, d));
+    if (f->webhook_secret != NULL && strlen(f->webhook_secret) < 16) {
+        conf_path(p, sizeof(p), path, "webhook_secret");
+        diag_add(d, p, "must be at least 16 characters");
+    }
+
+    targets = json_object_get(obj, "targets");
+    conf_path(p, sizeof(p), path, "targets");
+    if (targets != NULL && !json_is_array(targets)) {
+        diag_add(d, p, "must be an array of target names");
+    } else if (targets != NULL) {
+        f->targets = calloc(json_array_size(targets) + 1, sizeof(*f->targets));
+        json_array_foreach(targets, i, v) {
+            char tp[PATH_SIZE];
+            const struct target *t = NULL;
+
+            conf_path_index(tp, sizeof(tp), p, i);
+            if (json_is_string(v))
+                t = config_find_target(c, json_string_value(v));
+            if (t == NULL)
+                diag_add(d, tp, "no target named \"%s\" under \"targets\"",
+                         json_is_string(v) ? json_string_value(v) : "?");
+            else if (f->targets != NULL)
+                f->targets[f->n_targets++] = (struct target *)t;
+        }
+    }
+    if (f->action != FORM_ECHO && f->n_targets == 0)
+        diag_add(d, path, "action \"%s\" needs at least one target in \"targets\"",
+                 form_action_name(f->action));
+    for (i = 0; i < f->n_targets; i++) {
+        enum target_action ta = f->action == FORM_VALUATION ? TARGET_VALUATION
+                                : f->action == FORM_UPDATE  ? TARGET_UPDATE
+                                                            : TARGET_CREATE;
+
+        if (f->action != FORM_ECHO && !f->targets[i]->ops->supports(ta))
+            diag_add(d, p, "target \"%s\" (%s) cannot %s", f->targets[i]->name,
+                     f->targets[i]->ops->type, form_action_name(f->action));
+    }
+    f->rules = rules_compile(obj, path, d);
+}
+
+static void load_targets(struct config *c, const json_t *targets, struct diag *d)
+{
+    const char *name;
+    json_t *obj;
+    char p[PATH_SIZE];
+
+    if (targets == NULL)
+        return;
+    if (!json_is_object(targets)) {
+        diag_add(d, "targets", "must be an object of named targets");
+        return;
+    }
+    c->targets = calloc(json_object_size(targets) + 1, sizeof(*c->targets));
+    if (c->targets == NULL)
+        return;
+    json_object_foreach((json_t *)targets, name, obj) {
+        struct target *t = &c->targets[c->n_targets];
+        const char *type;
+
+        conf_path(p, sizeof(p), "targets", name);
+        if (!json_is_object(obj)) {
+            diag_add(d, p, "a target must be an object");
+            continue;
+        }
+        type = conf_string(obj, "type", p, NULL, true, d);
+        if (type == NULL)
+            continue;
+        t->ops = target_ops_find(type);
+        if (t->ops == NULL) {
+            char tp[PATH_SIZE];
+
+            conf_path(tp, sizeof(tp), p, "type");
+            diag_add(d, tp, "unknown target type \"%s\" (leadpro, leadping, lofty, webhook)", type);
+            continue;
+        }
+        t->name = strdup(name);
+        t->state = t->ops->configure(obj, p, d);
+        c->n_targets++;
+    }
+}
+
+static void load_attribution(struct config *c, const json_t *obj, struct diag *d)
+{
+    const char *path = "attribution";
+    size_t n = 0;
+
+    c->attribution.max_value = 512;
+    if (obj == NULL)
+        return;
+    if (!json_is_object(obj)) {
+        diag_add(d, path, "must be an object");
+        return;
+    }
+    conf_check_keys(obj, path, attribution_keys, d);
+    c->attribution.cookie_name = dup_or_null(conf_string(obj, "cookie", path, NULL, false, d));
+    c->attribution.trusted_proxies =
+        (const char *const *)string_array(obj, "trusted_proxies", path, &n, d);
+    c->attribution.n_trusted_proxies = n;
+    c->attribution.max_value =
+        (size_t)conf_integer(obj, "max_value", path, 512, 16, 4096, d);
+}
+
+struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d)
+{
+    struct config *c;
+    json_error_t jerr;
+    json_t *forms;
+    const char *s;
+    size_t before = d->count;
+
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->file = strdup(file);
+    c->root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (c->root == NULL) {
+        diag_add_at(d, jerr.line, jerr.column, "%s", jerr.text);
+        goto fail;
+    }
+    if (!json_is_object(c->root)) {
+        diag_add(d, "", "the configuration must be a JSON object");
+        goto fail;
+    }
+    expand_tree(c->root, "", d);
+    conf_check_keys(c->root, "", top_keys, d);
+
+    s = conf_string(c->root, "secret", "", NULL, false, d);
+    if (s != NULL && strlen(s) < 16)
+        diag_add(d, "secret", "must be at least 16 characters (it signs lead references)");
+    c->secret = dup_or_null(s);
+    c->ref_ttl = conf_integer(c->root, "ref_ttl", "", 86400, 60, 365LL * 86400, d);
+    c->spool_dir = dup_or_null(conf_string(c->root, "spool", "", NULL, false, d));
+    c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
+    c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
+    load_attribution(c, json_object_get(c->root, "attribution"), d);
+    load_targets(c, json_object_get(c->root, "targets"), d);
+
+    forms = json_object_get(c->root, "forms");
+    if (!json_is_object(forms) || json_object_size(forms) == 0) {
+        diag_add(d, forms == NULL ? "" : "forms", "\"forms\" must be an object with at least one form");
+    } else {
+        const char *name;
+        json_t *obj;
+        char p[PATH_SIZE];
+
+        c->forms = calloc(json_object_size(forms), sizeof(*c->forms));
+        if (c->forms == NULL)
+            goto fail;
+        json_object_foreach(forms, name, obj) {
+            struct form *f = &c->forms[c->n_forms++];
+
+            conf_path(p, sizeof(p), "forms", name);
+            load_form(c, f, name, obj, p, d);
+            for (size_t i = 0; i + 1 < c->n_forms && f->path != NULL; i++)
+                if (c->forms[i].path != NULL && strcmp(c->forms[i].path, f->path) == 0) {
+                    char pp[PATH_SIZE];
+
+                    conf_path(pp, sizeof(pp), p, "path");
+                    diag_add(d, pp, "form \"%s\" already uses this path", c->forms[i].name);
+                }
+            if ((f->action == FORM_UPDATE || f->action == FORM_VALUATION ||
+                 f->action == FORM_CREATE) && c->secret == NULL)
+                diag_add(d, p, "forms that create or update leads need the top-level \"secret\"");
+        }
+    }
+    if (d->count > before)
+        goto fail;
+    return c;
+fail:
+    config_free(c);
+    return NULL;
+}
+
+struct config *config_load(const char *path, struct diag *d)
+{
+    FILE *fp;
+    struct buf b;
+    char chunk[8192];
+    size_t n;
+    struct config *c = NULL;
+
+    buf_init(&b, CONFIG_MAX_SIZE);
+    d->file = path;
+    fp = fopen(path, "rb");
+    if (fp == NULL) {
+        diag_add(d, "", "cannot open: %m");
+        return NULL;
+    }
+    while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0) {
+        if (buf_append(&b, chunk, n) != LB_OK) {
+            diag_add(d, "", "file is larger than %d bytes", CONFIG_MAX_SIZE);
+            goto out;
+        }
+    }
+    if (ferror(fp)) {
+        diag_add(d, "", "read error");
+        goto out;
+    }
+    d->text = b.data != NULL ? b.data : "";
+    d->text_len = b.len;
+    c = config_load_text(path, d->text, b.len, d);
+out:
+    fclose(fp);
+    /* Messages are already formatted; the text is no longer needed for locating. */
+    d->text = NULL;
+    d->text_len = 0;
+    buf_free(&b);
+    return c;
+}
+
+void config_free(struct config *c)
+{
+    size_t i;
+
+    if (c == NULL)
+        return;
+    for (i = 0; i < c->n_forms; i++) {
+        struct form *f = &c->forms[i];
+
+        free(f->name);
+        free(f->path);
+        free(f->targets);
+        rules_free(f->rules);
+        free_strings(f->origins, f->n_origins);
+        free(f->success_page);
+        free(f->error_page);
+        free(f->webhook_secret);
+    }
+    free(c->forms);
+    for (i = 0; i < c->n_targets; i++) {
+        if (c->targets[i].ops != NULL && c->targets[i].state != NULL)
+            c->targets[i].ops->free(c->targets[i].state);
+        free(c->targets[i].name);
+    }
+    free(c->targets);
+    free((char *)c->attribution.cookie_name);
+    free_strings((char **)c->attribution.trusted_proxies, c->attribution.n_trusted_proxies);
+    free(c->secret);
+    free(c->spool_dir);
+    free(c->file);
+    json_decref(c->root);
+    free(c);
+}
+
+const struct form *config_find_form(const struct config *c, const char *path)
+{
+    for (size_t i = 0; i < c->n_forms; i++)
+        if (c->forms[i].path != NULL && strcmp(c->forms[i].path, path) == 0)
+            return &c->forms[i];
+    return NULL;
+}
+
+const struct target *config_find_target(const struct config *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_targets; i++)
+        if (c->targets[i].name != NULL && strcmp(c->targets[i].name, name) == 0)
+            return &c->targets[i];
+    return NULL;
+}
