@@ -4,7 +4,8 @@
  * UTM parameters and click ids are taken, per key, from the first place that has them: the
  * submitted fields, the request's query string, the Referer's query string, then the first-party
  * attribution cookie (a urlencoded set of the same keys). host, landing_page and referrer describe
- * the page; ip and user_agent the visitor. Every value is capped and stripped of control characters.
+ * the page; ip and user_agent the visitor. Every value is capped and stripped of control
+ * characters; a value that is not valid UTF-8 or does not decode is dropped, never an error.
  */
 #ifndef LB_ATTRIBUTION_H
 #define LB_ATTRIBUTION_H
@@ -29,6 +30,14 @@ extern const size_t attribution_param_count;
 /*
  * Returns a new object with the keys that have values, among attribution_param_keys plus "host",
  * "landing_page", "referrer", "ip", "user_agent". Never NULL unless out of memory.
+ * - host: Origin (unless "null"), else the Referer's scheme://host[:port], else scheme + Host;
+ *   lower case, http(s) only.
+ * - landing_page / referrer: the submitted field, else the http(s) Referer without query and
+ *   fragment (a "referrer" field that is present but empty means no referrer).
+ * - ip: REMOTE_ADDR; when that is a trusted proxy, the right-most X-Forwarded-For address that is
+ *   not (an unparsable entry ends the walk at the last trusted hop). Written in canonical form.
+ * - the cookie (conf->cookie_name) is percent-decoded once unless it already holds '='.
+ * max_value 0 means 512. Thread-safe; reads r and conf only.
  */
 json_t *attribution_extract(const struct request *r, const struct attribution_conf *conf);
 
