@@ -22,6 +22,7 @@ struct response {
     const char *allow;     /* static Allow header value for 405 */
     char *allow_origin;    /* owned; Access-Control-Allow-Origin for allowed cross-origin scripts */
     long long retry_after; /* Retry-After seconds, or -1 */
+    bool preflight;        /* a CORS preflight answer: adds the Allow-Methods/Headers lines */
 };
 
 void response_init(struct response *r);
