@@ -9,7 +9,9 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "buf.h"
 
@@ -140,7 +142,7 @@ out:
     return e;
 }
 
-/* ---- Field text checks and messages ---------------------------------------------------------- */
+/* ---- Field text checks and messages */
 
 enum text_problem { TEXT_OK, TEXT_NUL, TEXT_CONTROL, TEXT_UTF8 };
 
@@ -181,12 +183,13 @@ static const char *name_shown(const char *name, size_t len, char *out, size_t si
 }
 
 /*
- * Writes a printable form of untrusted text (a media type, a charset) into out: at most 40 bytes,
- * anything outside printable ASCII (and the quote) replaced by '?', "..." when cut.
+ * Writes a printable form of untrusted text (a media type, a charset, a jansson message) into out:
+ * at most max bytes, anything outside printable ASCII (and the quote) replaced by '?', "..." when
+ * cut (and when out is too small).
  */
-static const char *text_shown(const char *s, size_t len, char *out, size_t size)
+static const char *text_shown(const char *s, size_t len, size_t max, char *out, size_t size)
 {
-    size_t n = len < 40 ? len : 40;
+    size_t n = len < max ? len : max;
     size_t i, o = 0;
 
     for (i = 0; i < n && o + 4 < size; i++) {
@@ -194,7 +197,7 @@ static const char *text_shown(const char *s, size_t len, char *out, size_t size)
 
         out[o++] = (c >= 0x20 && c < 0x7f && c != '"') ? (char)c : '?';
     }
-    if (n < len && o + 4 <= size) {
+    if (o < len && o + 4 <= size) {
         memcpy(out + o, "...", 3);
         o += 3;
     }
@@ -202,7 +205,7 @@ static const char *text_shown(const char *s, size_t len, char *out, size_t size)
     return out;
 }
 
-/* ---- Adding a field by its bracketed name (shared by urlencoded and multipart) ---------------- */
+/* ---- Adding a field by its bracketed name (shared by urlencoded and multipart) */
 
 /* Where fields go, and how many leaves were added so far. */
 struct field_sink {
@@ -238,7 +241,8 @@ static enum lb_err value_check(struct field_sink *sink, const char *name, size_t
     char shown[64];
 
     if (len > sink->limits->max_value)
-        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "value of field \"%s\" is longer than %zu bytes",
+        return lb_fail(sink->err, LB_ERR_TOO_LARGE,
+                       "value of field \"%s\" is longer than %zu bytes",
                        name_shown(name, name_len, shown, sizeof(shown)), sink->limits->max_value);
     switch (text_check(value, len, true)) {
     case TEXT_OK:
@@ -414,7 +418,7 @@ out:
     return e;
 }
 
-/* ---- application/x-www-form-urlencoded -------------------------------------------------------- */
+/* ---- application/x-www-form-urlencoded */
 
 /*
  * Decodes one key=value pair (raw, still percent-encoded; value NULL when there was no '=') and
@@ -493,4 +497,586 @@ enum lb_err parse_urlencoded(const char *s, size_t len, const struct parse_limit
         i += pair_len + 1;
     }
     return LB_OK;
+}
+
+/* ---- Header parameters (Content-Type, Content-Disposition) */
+
+/* The most bytes one parameter value may hold; longer values are refused. */
+#define PARAM_VALUE_MAX 4096
+
+/* RFC 9110 tchar. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* True when s[0..len) equals the lower-case literal lit, ignoring ASCII case. */
+static bool span_ieq(const char *s, size_t len, const char *lit)
+{
+    return strlen(lit) == len && strncasecmp(s, lit, len) == 0;
+}
+
+/* Number of tchars at the start of s[0..len). */
+static size_t token_len(const char *s, size_t len)
+{
+    size_t n = 0;
+
+    while (n < len && is_tchar((unsigned char)s[n]))
+        n++;
+    return n;
+}
+
+/* Skips spaces and tabs from *p up to end. */
+static void skip_ows(const char **p, const char *end)
+{
+    while (*p < end && (**p == ' ' || **p == '\t'))
+        (*p)++;
+}
+
+/* A cursor over the "; name=value" list that follows a media type or disposition type. */
+struct param_iter {
+    const char *p;
+    const char *end;
+};
+
+/*
+ * Reads the next parameter: *name and *name_len point into the input (NULL at the end of the list),
+ * value receives the value with quoted-string escapes undone. Empty parameters (";;") are skipped.
+ * Returns LB_ERR_BAD_REQUEST on a syntax error, LB_ERR_TOO_LARGE past PARAM_VALUE_MAX.
+ */
+static enum lb_err param_next(struct param_iter *it, const char **name, size_t *name_len,
+                              struct buf *value)
+{
+    enum lb_err e = LB_OK;
+
+    *name = NULL;
+    *name_len = 0;
+    buf_reset(value);
+    for (;;) {
+        skip_ows(&it->p, it->end);
+        if (it->p == it->end)
+            return LB_OK;
+        if (*it->p != ';')
+            return LB_ERR_BAD_REQUEST;
+        it->p++;
+        skip_ows(&it->p, it->end);
+        if (it->p < it->end && *it->p != ';')
+            break;
+    }
+    if (it->p == it->end)
+        return LB_OK;
+    *name_len = token_len(it->p, (size_t)(it->end - it->p));
+    *name = it->p;
+    it->p += *name_len;
+    if (*name_len == 0 || it->p == it->end || *it->p != '=')
+        return LB_ERR_BAD_REQUEST;
+    it->p++;
+    if (it->p < it->end && *it->p == '"') {
+        it->p++;
+        while (e == LB_OK) {
+            unsigned char c;
+
+            if (it->p == it->end)
+                return LB_ERR_BAD_REQUEST;
+            c = (unsigned char)*it->p++;
+            if (c == '"')
+                break;
+            if (c == '\\') {
+                if (it->p == it->end)
+                    return LB_ERR_BAD_REQUEST;
+                c = (unsigned char)*it->p++;
+            }
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return LB_ERR_BAD_REQUEST;
+            e = buf_putc(value, (char)c);
+        }
+    } else {
+        size_t n = token_len(it->p, (size_t)(it->end - it->p));
+
+        if (n == 0)
+            return LB_ERR_BAD_REQUEST;
+        e = buf_append(value, it->p, n);
+        it->p += n;
+    }
+    if (e == LB_OK && value->data == NULL)
+        e = buf_append(value, "", 0);
+    return e;
+}
+
+/* ---- multipart/form-data */
+
+/* The most bytes of headers one part may carry. */
+#define PART_HEADERS_MAX 8192
+
+/* RFC 2046 bchars: the boundary is 1..70 of these and does not end in a space. */
+static bool boundary_valid(const char *b, size_t len)
+{
+    size_t i;
+
+    if (len < 1 || len > 70 || b[len - 1] == ' ')
+        return false;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)b[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c != '\0' && strchr("'()+_,-./:=? ", c) != NULL)))
+            return false;
+    }
+    return true;
+}
+
+/* What the headers of one part said. */
+struct part_info {
+    bool has_disposition;
+    bool has_name;
+    bool skip;       /* a file, or content that is not text */
+    struct buf name; /* the name parameter of Content-Disposition */
+    struct buf tmp;  /* scratch for other parameter values */
+};
+
+/* Reads the Content-Disposition value v[0..len) into pi: form-data, name, and filename (skip). */
+static enum lb_err disposition_parse(const char *v, size_t len, struct part_info *pi,
+                                     struct lb_error *err)
+{
+    struct param_iter it;
+    size_t type_len = token_len(v, len);
+    enum lb_err e;
+
+    if (pi->has_disposition)
+        return lb_fail(err, LB_ERR_BAD_REQUEST, "multipart part with two Content-Disposition");
+    pi->has_disposition = true;
+    if (!span_ieq(v, type_len, "form-data"))
+        return lb_fail(err, LB_ERR_BAD_REQUEST, "multipart part is not form-data");
+    it.p = v + type_len;
+    it.end = v + len;
+    for (;;) {
+        const char *name;
+        size_t name_len;
+        bool is_name;
+
+        e = param_next(&it, &name, &name_len, &pi->tmp);
+        if (e != LB_OK)
+            return lb_fail(err, LB_ERR_BAD_REQUEST, "malformed multipart Content-Disposition");
+        if (name == NULL)
+            return LB_OK;
+        is_name = span_ieq(name, name_len, "name");
+        if (is_name && pi->has_name)
+            return lb_fail(err, LB_ERR_BAD_REQUEST, "multipart part with two names");
+        if (is_name) {
+            pi->has_name = true;
+            buf_reset(&pi->name);
+            e = buf_append(&pi->name, pi->tmp.data, pi->tmp.len);
+            if (e != LB_OK)
+                return e;
+        } else if (span_ieq(name, name_len, "filename") || span_ieq(name, name_len, "filename*")) {
+            pi->skip = true;
+        }
+    }
+}
+
+/*
+ * Reads a part's header lines h[0..len) (each ending in CRLF) into pi. Only Content-Disposition
+ * and Content-Type matter; a Content-Type other than text (any subtype) marks the part skipped.
+ */
+static enum lb_err part_headers_parse(const char *h, size_t len, struct part_info *pi,
+                                      struct lb_error *err)
+{
+    const char *p = h, *end = h + len;
+
+    while (p < end) {
+        const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+        const char *v, *vend, *q;
+        size_t name_len;
+        enum lb_err e = LB_OK;
+
+        if (eol == NULL)
+            return lb_fail(err, LB_ERR_BAD_REQUEST, "malformed multipart part header");
+        for (q = p; q < eol; q++) {
+            unsigned char c = (unsigned char)*q;
+
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return lb_fail(err, LB_ERR_BAD_REQUEST, "malformed multipart part header");
+        }
+        name_len = token_len(p, (size_t)(eol - p));
+        if (name_len == 0 || p + name_len == eol || p[name_len] != ':')
+            return lb_fail(err, LB_ERR_BAD_REQUEST, "malformed multipart part header");
+        v = p + name_len + 1;
+        vend = eol;
+        skip_ows(&v, vend);
+        while (vend > v && (vend[-1] == ' ' || vend[-1] == '\t'))
+            vend--;
+        if (span_ieq(p, name_len, "content-disposition")) {
+            e = disposition_parse(v, (size_t)(vend - v), pi, err);
+        } else if (span_ieq(p, name_len, "content-type")) {
+            size_t type_len = token_len(v, (size_t)(vend - v));
+
+            if (!span_ieq(v, type_len, "text"))
+                pi->skip = true;
+        }
+        if (e != LB_OK)
+            return e;
+        p = eol + 2;
+    }
+    return LB_OK;
+}
+
+/*
+ * Parses a multipart/form-data body (RFC 7578, strict CRLF) with the given boundary, adding each
+ * text part through field_add. File parts and non-text parts are skipped unread. The preamble
+ * and epilogue are ignored. Every search is memmem over bytes not searched before, so the work is
+ * linear in len whatever the input.
+ */
+static enum lb_err multipart_parse(const char *body, size_t len, const char *boundary,
+                                   size_t boundary_len, struct field_sink *sink)
+{
+    char delim[4 + 70];
+    size_t delim_len = 4 + boundary_len;
+    struct part_info pi;
+    const char *q;
+    size_t p;
+    enum lb_err e = LB_OK;
+
+    buf_init(&pi.name, PARAM_VALUE_MAX);
+    buf_init(&pi.tmp, PARAM_VALUE_MAX);
+    memcpy(delim, "\r\n--", 4);
+    memcpy(delim + 4, boundary, boundary_len);
+    if (len >= delim_len - 2 && memcmp(body, delim + 2, delim_len - 2) == 0) {
+        p = delim_len - 2;
+    } else {
+        q = len > 0 ? memmem(body, len, delim, delim_len) : NULL;
+        if (q == NULL)
+            goto truncated;
+        p = (size_t)(q - body) + delim_len;
+    }
+    for (;;) {
+        size_t content, header_end;
+
+        if (len - p >= 2 && body[p] == '-' && body[p + 1] == '-')
+            break;
+        while (p < len && (body[p] == ' ' || body[p] == '\t'))
+            p++;
+        if (len - p < 2)
+            goto truncated;
+        if (body[p] != '\r' || body[p + 1] != '\n') {
+            e = lb_fail(sink->err, LB_ERR_BAD_REQUEST, "malformed multipart boundary line");
+            goto out;
+        }
+        p += 2;
+        if (len - p >= 2 && body[p] == '\r' && body[p + 1] == '\n') {
+            header_end = p;
+            content = p + 2;
+        } else {
+            size_t window = len - p < PART_HEADERS_MAX ? len - p : PART_HEADERS_MAX;
+
+            q = memmem(body + p, window, "\r\n\r\n", 4);
+            if (q == NULL && window == PART_HEADERS_MAX) {
+                e = lb_fail(sink->err, LB_ERR_TOO_LARGE,
+                            "multipart part headers longer than %d bytes", PART_HEADERS_MAX);
+                goto out;
+            }
+            if (q == NULL)
+                goto truncated;
+            header_end = (size_t)(q - body) + 2;
+            content = header_end + 2;
+        }
+        pi.has_disposition = false;
+        pi.has_name = false;
+        pi.skip = false;
+        buf_reset(&pi.name);
+        e = part_headers_parse(body + p, header_end - p, &pi, sink->err);
+        if (e != LB_OK)
+            goto out;
+        q = memmem(body + content, len - content, delim, delim_len);
+        if (q == NULL)
+            goto truncated;
+        if (!pi.has_name) {
+            e = lb_fail(sink->err, LB_ERR_BAD_REQUEST, "multipart part without a name");
+            goto out;
+        }
+        if (!pi.skip && pi.name.len > 0) {
+            e = field_add(sink, pi.name.data, pi.name.len, body + content,
+                          (size_t)(q - body) - content);
+            if (e != LB_OK)
+                goto out;
+        }
+        p = (size_t)(q - body) + delim_len;
+    }
+    goto out;
+truncated:
+    e = lb_fail(sink->err, LB_ERR_BAD_REQUEST, "truncated multipart body");
+out:
+    buf_free(&pi.name);
+    buf_free(&pi.tmp);
+    return e;
+}
+
+/* ---- application/json */
+
+/* True when the JSON text s[0..len) nests arrays/objects deeper than max (strings skipped). */
+static bool json_too_deep(const char *s, size_t len, size_t max)
+{
+    bool in_string = false, escaped = false;
+    size_t depth = 0, i;
+
+    for (i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max)
+                return true;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            depth--;
+        }
+    }
+    return false;
+}
+
+/*
+ * Walks a parsed JSON value counting leaves against max_fields, checking keys (max_key, no
+ * controls) and strings (max_value). key is the nearest object key, for messages. Recursion is
+ * bounded by depth <= max_depth (json_too_deep ran first).
+ */
+static enum lb_err json_check(struct field_sink *sink, const json_t *v, const char *key,
+                              size_t key_len, size_t depth)
+{
+    const struct parse_limits *lim = sink->limits;
+    char shown[64];
+    enum lb_err e = LB_OK;
+
+    if ((json_is_object(v) || json_is_array(v)) && depth > lim->max_depth)
+        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "JSON nested deeper than %zu levels",
+                       lim->max_depth);
+    if (json_is_object(v)) {
+        const char *k;
+        size_t k_len;
+        json_t *child;
+
+        json_object_keylen_foreach((json_t *)v, k, k_len, child) {
+            e = name_check(sink, k, k_len);
+            if (e == LB_OK)
+                e = json_check(sink, child, k, k_len, depth + 1);
+            if (e != LB_OK)
+                return e;
+        }
+        return LB_OK;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *child;
+
+        json_array_foreach(v, i, child) {
+            e = json_check(sink, child, key, key_len, depth + 1);
+            if (e != LB_OK)
+                return e;
+        }
+        return LB_OK;
+    }
+    if (++sink->leaves > lim->max_fields)
+        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "more than %zu fields", lim->max_fields);
+    if (json_is_string(v) && json_string_length(v) > lim->max_value)
+        return lb_fail(sink->err, LB_ERR_TOO_LARGE,
+                       "value of field \"%s\" is longer than %zu bytes",
+                       name_shown(key, key_len, shown, sizeof(shown)), lim->max_value);
+    return LB_OK;
+}
+
+/*
+ * Parses a JSON body that must be one object into *out (new reference). Depth is checked on the
+ * text before jansson (which recurses) sees it; duplicate keys and \u0000 are refused. jansson's
+ * message is reported with line and column but without the "near '...'" echo of the input.
+ */
+static enum lb_err json_parse(const char *body, size_t len, struct field_sink *sink, json_t **out)
+{
+    json_error_t jerr;
+    json_t *root = NULL;
+    char *near;
+    enum lb_err e;
+
+    *out = NULL;
+    if (json_too_deep(body, len, sink->limits->max_depth))
+        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "JSON nested deeper than %zu levels",
+                       sink->limits->max_depth);
+    root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (root == NULL) {
+        char shown[104];
+
+        near = strstr(jerr.text, " near ");
+        if (near != NULL)
+            *near = '\0';
+        return lb_fail(sink->err, LB_ERR_BAD_REQUEST, "invalid JSON at line %d, column %d: %s",
+                       jerr.line, jerr.column, text_shown(jerr.text, strlen(jerr.text), 96, shown,
+                                                          sizeof(shown)));
+    }
+    if (!json_is_object(root)) {
+        e = lb_fail(sink->err, LB_ERR_BAD_REQUEST, "JSON body must be an object");
+        goto out;
+    }
+    e = json_check(sink, root, "", 0, 1);
+    if (e == LB_OK) {
+        *out = root;
+        root = NULL;
+    }
+out:
+    json_decref(root);
+    return e;
+}
+
+/* ---- Content-Type and the entry point */
+
+enum media { MEDIA_URLENCODED, MEDIA_MULTIPART, MEDIA_JSON };
+
+/*
+ * Reads content_type into *media and, for multipart, the boundary (into boundary, capped).
+ * Returns LB_ERR_MEDIA_TYPE for a type or charset we do not take, LB_ERR_BAD_REQUEST for broken
+ * parameters or a missing/bad multipart boundary.
+ */
+static enum lb_err content_type_parse(const char *ct, enum media *media, struct buf *boundary,
+                                      struct lb_error *err)
+{
+    const char *p = ct, *end = ct + strlen(ct);
+    const char *type = p, *sub;
+    size_t type_len, sub_len;
+    struct param_iter it;
+    struct buf value;
+    bool has_boundary = false;
+    char shown[64];
+    enum lb_err e = LB_OK;
+
+    buf_init(&value, PARAM_VALUE_MAX);
+    skip_ows(&p, end);
+    type = p;
+    type_len = token_len(p, (size_t)(end - p));
+    sub = p + type_len + 1;
+    sub_len = type_len > 0 && sub <= end && sub[-1] == '/' ? token_len(sub, (size_t)(end - sub))
+                                                           : 0;
+    if (sub_len > 0 && span_ieq(type, type_len, "application") &&
+        span_ieq(sub, sub_len, "x-www-form-urlencoded")) {
+        *media = MEDIA_URLENCODED;
+    } else if (sub_len > 0 && span_ieq(type, type_len, "multipart") &&
+               span_ieq(sub, sub_len, "form-data")) {
+        *media = MEDIA_MULTIPART;
+    } else if (sub_len > 0 && span_ieq(type, type_len, "application") &&
+               (span_ieq(sub, sub_len, "json") ||
+                (sub_len > 5 && span_ieq(sub + sub_len - 5, 5, "+json")))) {
+        *media = MEDIA_JSON;
+    } else {
+        const char *semi = memchr(p, ';', (size_t)(end - p));
+        const char *stop = semi != NULL ? semi : end;
+
+        while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t'))
+            stop--;
+        e = lb_fail(err, LB_ERR_MEDIA_TYPE, "unsupported content type \"%s\"",
+                    text_shown(p, (size_t)(stop - p), 40, shown, sizeof(shown)));
+        goto out;
+    }
+    it.p = sub + sub_len;
+    it.end = end;
+    for (;;) {
+        const char *name;
+        size_t name_len;
+
+        e = param_next(&it, &name, &name_len, &value);
+        if (e != LB_OK) {
+            e = lb_fail(err, LB_ERR_BAD_REQUEST, "malformed Content-Type parameters");
+            goto out;
+        }
+        if (name == NULL)
+            break;
+        if (span_ieq(name, name_len, "charset") && !span_ieq(value.data, value.len, "utf-8") &&
+            !span_ieq(value.data, value.len, "us-ascii")) {
+            e = lb_fail(err, LB_ERR_MEDIA_TYPE, "unsupported charset \"%s\"",
+                        text_shown(value.data, value.len, 40, shown, sizeof(shown)));
+            goto out;
+        }
+        if (span_ieq(name, name_len, "boundary") && *media == MEDIA_MULTIPART) {
+            if (has_boundary || !boundary_valid(value.data, value.len)) {
+                e = lb_fail(err, LB_ERR_BAD_REQUEST, "bad multipart boundary");
+                goto out;
+            }
+            has_boundary = true;
+            e = buf_append(boundary, value.data, value.len);
+            if (e != LB_OK)
+                goto out;
+        }
+    }
+    if (*media == MEDIA_MULTIPART && !has_boundary)
+        e = lb_fail(err, LB_ERR_BAD_REQUEST, "bad multipart boundary: none given");
+out:
+    buf_free(&value);
+    return e;
+}
+
+/*
+ * See parse.h. limits may be NULL for parse_default_limits. A supported type with an empty body
+ * gives an empty object (the multipart boundary is still checked).
+ */
+enum lb_err parse_body(const char *content_type, const char *body, size_t len,
+                       const struct parse_limits *limits, json_t **out, struct lb_error *err)
+{
+    struct field_sink sink = {NULL, limits != NULL ? limits : &parse_default_limits, 0, err};
+    struct buf boundary;
+    enum media media = MEDIA_URLENCODED;
+    const char *p = content_type;
+    enum lb_err e;
+
+    *out = NULL;
+    buf_init(&boundary, 70);
+    if (body == NULL && len > 0) {
+        e = lb_fail(err, LB_ERR_INTERNAL, "no body");
+        goto out;
+    }
+    if (p != NULL)
+        skip_ows(&p, p + strlen(p));
+    if (p == NULL || *p == '\0') {
+        if (len > 0) {
+            e = lb_fail(err, LB_ERR_MEDIA_TYPE, "a body without a content type");
+            goto out;
+        }
+        *out = json_object();
+        e = *out != NULL ? LB_OK : LB_ERR_NOMEM;
+        goto out;
+    }
+    e = content_type_parse(content_type, &media, &boundary, err);
+    if (e != LB_OK)
+        goto out;
+    if (len == 0) {
+        *out = json_object();
+        e = *out != NULL ? LB_OK : LB_ERR_NOMEM;
+        goto out;
+    }
+    if (media == MEDIA_JSON) {
+        e = json_parse(body, len, &sink, out);
+        goto out;
+    }
+    sink.obj = json_object();
+    if (sink.obj == NULL) {
+        e = LB_ERR_NOMEM;
+        goto out;
+    }
+    if (media == MEDIA_URLENCODED)
+        e = parse_urlencoded(body, len, sink.limits, sink.obj, err);
+    else
+        e = multipart_parse(body, len, boundary.data, boundary.len, &sink);
+    if (e == LB_OK) {
+        *out = sink.obj;
+        sink.obj = NULL;
+    }
+out:
+    json_decref(sink.obj);
+    buf_free(&boundary);
+    if (e != LB_OK && e != LB_ERR_NOMEM && err != NULL && err->code != e)
+        lb_fail(err, e, "%s", lb_strerror(e));
+    if (e == LB_ERR_NOMEM)
+        lb_fail(err, e, "%s", lb_strerror(e));
+    return e;
 }

@@ -2,7 +2,10 @@
  * parse.h: request-body parsers. Pure functions: bytes in, a JSON object of fields out.
  *
  * - application/x-www-form-urlencoded: repeated keys become arrays; a[b][c] brackets nest; a[]
- *   appends to an array.
+ *   appends to an array (only as the last bracket); numeric brackets are object keys ("0"). A name
+ *   that is not exactly base[seg]...[seg] (a[b, a], [a], a[b]c, a[][b]) is kept literally as one
+ *   key. A name used both as a value and as a group (a=1&a[b]=2) is LB_ERR_BAD_REQUEST. Depth
+ *   counts the top object as 1, so a[b] has depth 2.
  * - multipart/form-data: text parts become fields the same way; file parts are skipped, never kept.
  * - application/json: any object, nesting capped at limits->max_depth.
  * All strings are validated as UTF-8. Every size is bounded by struct parse_limits.

@@ -6,6 +6,8 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,4 +153,126 @@ Test(urlencoded, direct)
     urlencoded_ok("a[b=1&c]=2&[d]=3&e[f]g=4&h[][i]=5",
                   "{\"a[b\":\"1\",\"c]\":\"2\",\"[d]\":\"3\",\"e[f]g\":\"4\",\"h[][i]\":\"5\"}");
     urlencoded_ok("a=1;b=2", "{\"a\":\"1;b=2\"}");
+}
+
+/* ---- Data-driven cases: tests/data/parse/<case>/ */
+
+#define CASE_FILE_MAX (4 * 1024 * 1024)
+
+/* Reads dir/name whole into a new NUL-terminated buffer (*len bytes); NULL when absent. */
+static char *case_file(const char *dir, const char *name, size_t *len)
+{
+    char path[1024];
+    char *data;
+    FILE *f;
+    size_t n;
+
+    *len = 0;
+    cr_assert(snprintf(path, sizeof(path), "%s/%s", dir, name) < (int)sizeof(path));
+    f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    data = malloc(CASE_FILE_MAX + 1);
+    cr_assert_not_null(data);
+    n = fread(data, 1, CASE_FILE_MAX + 1, f);
+    cr_assert(n <= CASE_FILE_MAX && !ferror(f), "%s: unreadable or too big", path);
+    fclose(f);
+    data[n] = '\0';
+    *len = n;
+    return data;
+}
+
+/* Cuts text at its first newline, returning what follows it (or "" when none). */
+static char *line_cut(char *text)
+{
+    char *nl = strchr(text, '\n');
+
+    if (nl == NULL)
+        return text + strlen(text);
+    *nl = '\0';
+    if (nl > text && nl[-1] == '\r')
+        nl[-1] = '\0';
+    return nl + 1;
+}
+
+/*
+ * Runs one case directory: optional content_type (first line; absent means none), body (absent
+ * means empty), optional limits ("fields depth key value"), and expected.json or error. Returns
+ * true when the case behaved; failures are reported with the case name.
+ */
+static bool case_run(const char *name)
+{
+    char dir[1024];
+    struct parse_limits limits = parse_default_limits;
+    struct lb_error err = {0};
+    json_t *got = NULL, *want = NULL;
+    size_t ct_len, body_len, limits_len, exp_len, error_len;
+    char *ct, *body, *lim, *exp, *error;
+    enum lb_err e;
+    bool ok = false;
+
+    cr_assert(snprintf(dir, sizeof(dir), "%s/parse/%s", TEST_DATA_DIR, name) < (int)sizeof(dir));
+    ct = case_file(dir, "content_type", &ct_len);
+    body = case_file(dir, "body", &body_len);
+    lim = case_file(dir, "limits", &limits_len);
+    exp = case_file(dir, "expected.json", &exp_len);
+    error = case_file(dir, "error", &error_len);
+    if (ct != NULL)
+        line_cut(ct);
+    if (lim != NULL)
+        cr_assert_eq(sscanf(lim, "%zu %zu %zu %zu", &limits.max_fields, &limits.max_depth,
+                            &limits.max_key, &limits.max_value), 4, "%s: bad limits file", name);
+    cr_expect((exp != NULL) != (error != NULL), "%s: needs expected.json or error", name);
+    e = parse_body(ct, body != NULL ? body : "", body_len, &limits, &got, &err);
+    if (exp != NULL) {
+        json_error_t jerr;
+        char *dump = NULL;
+
+        want = json_loadb(exp, exp_len, 0, &jerr);
+        cr_expect_not_null(want, "%s: expected.json: %s", name, jerr.text);
+        cr_expect_eq(e, LB_OK, "%s: failed with %s: %s", name, lb_err_name(e), err.message);
+        if (got != NULL)
+            dump = json_dumps(got, JSON_SORT_KEYS | JSON_COMPACT);
+        ok = e == LB_OK && want != NULL && json_equal(got, want);
+        cr_expect(ok || e != LB_OK, "%s: got %s", name, dump != NULL ? dump : "(null)");
+        free(dump);
+    } else if (error != NULL) {
+        char *substring = line_cut(error);
+
+        line_cut(substring);
+        cr_expect_str_eq(lb_err_name(e), error, "%s: code %s, want %s (%s)", name,
+                         lb_err_name(e), error, err.message);
+        cr_expect_null(got, "%s: out set on failure", name);
+        cr_expect(strstr(err.message, substring) != NULL, "%s: message \"%s\" lacks \"%s\"",
+                  name, err.message, substring);
+        ok = strcmp(lb_err_name(e), error) == 0 && got == NULL &&
+             strstr(err.message, substring) != NULL;
+    }
+    json_decref(got);
+    json_decref(want);
+    free(ct);
+    free(body);
+    free(lim);
+    free(exp);
+    free(error);
+    return ok;
+}
+
+Test(parse_body, data_cases)
+{
+    DIR *d = opendir(TEST_DATA_DIR "/parse");
+    struct dirent *ent;
+    size_t cases = 0, failed = 0;
+
+    cr_assert_not_null(d, "cannot open %s", TEST_DATA_DIR "/parse");
+    for (ent = readdir(d); ent != NULL; ent = readdir(d)) {
+        if (ent->d_name[0] == '.')
+            continue;
+        cases++;
+        if (!case_run(ent->d_name))
+            failed++;
+    }
+    closedir(d);
+    cr_expect(cases >= 40, "only %zu cases found", cases);
+    cr_expect_eq(failed, 0, "%zu of %zu cases failed", failed, cases);
 }
