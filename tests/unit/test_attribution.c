@@ -219,3 +219,67 @@ Test(attribution, every_key_from_every_source)
         }
     }
 }
+
+/* Fills s with n pseudo-random bytes (never NUL) biased toward URL and header syntax. */
+static void random_bytes(char *s, size_t n, unsigned long *seed)
+{
+    static const char alphabet[] = "utm_source=%3D%26&;,: /?#[]\"\\.:1290abcf\r\n\t\x7f\xc2\x85\xff";
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        *seed = *seed * 6364136223846793005UL + 1442695040888963407UL;
+        if ((*seed >> 58) == 0)
+            s[i] = (char)(1 + (*seed >> 33) % 255);
+        else
+            s[i] = alphabet[(*seed >> 33) % (sizeof(alphabet) - 1)];
+    }
+    s[n] = '\0';
+}
+
+/* Hostile headers: never NULL, and every value is UTF-8 without control characters, capped. */
+Test(attribution, random_headers_give_clean_values)
+{
+    static const char *const proxies[] = { "1.2.3.4", "::1" };
+    struct attribution_conf conf = { .cookie_name = "utm_source", .trusted_proxies = proxies,
+                                     .n_trusted_proxies = 2, .max_value = 40 };
+    char h[7][97];
+    unsigned long seed = 42;
+    size_t produced = 0;
+    int round;
+
+    for (round = 0; round < 3000; round++) {
+        struct request r;
+        json_t *got, *v;
+        const char *k;
+        int j;
+
+        for (j = 0; j < 7; j++)
+            random_bytes(h[j], (size_t)(round * 7 + j) % 96, &seed);
+        memset(&r, 0, sizeof(r));
+        r.query = h[0];
+        r.origin = h[1];
+        r.referer = h[2];
+        r.cookie = h[3];
+        r.user_agent = h[4];
+        r.http_host = h[5];
+        r.remote_addr = round % 2 ? "1.2.3.4" : "::1";
+        r.x_forwarded_for = h[6];
+        got = attribution_extract(&r, &conf);
+        cr_assert_not_null(got);
+        json_object_foreach(got, k, v) {
+            const unsigned char *s = (const unsigned char *)json_string_value(v);
+            size_t i, n = json_string_length(v);
+
+            cr_assert(n > 0 && n <= 40, "%s: length %zu", k, n);
+            for (i = 0; i < n; i++) {
+                cr_assert(s[i] >= 0x20 && s[i] != 0x7f, "%s: control byte", k);
+                cr_assert(!(s[i] == 0xc2 && i + 1 < n && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f));
+            }
+            cr_assert(s[0] != ' ' && s[n - 1] != ' ', "%s: untrimmed", k);
+            if (strcmp(k, "ip") != 0)
+                produced++;
+        }
+        json_decref(got);
+    }
+    cr_assert_gt(produced, 300, "the input should yield values (%zu)", produced);
+}
