@@ -223,7 +223,8 @@ Test(attribution, every_key_from_every_source)
 /* Fills s with n pseudo-random bytes (never NUL) biased toward URL and header syntax. */
 static void random_bytes(char *s, size_t n, unsigned long *seed)
 {
-    static const char alphabet[] = "utm_source=%3D%26&;,: /?#[]\"\\.:1290abcf\r\n\t\x7f\xc2\x85\xff";
+    static const char alphabet[] = "utm_source=%3D%26&;,: /?#[]\"\\.:1290abcf"
+                                   "\r\n\t\x7f\xc2\x85\xff";
     size_t i;
 
     for (i = 0; i < n; i++) {
