@@ -276,3 +276,24 @@ Test(parse_body, data_cases)
     cr_expect(cases >= 40, "only %zu cases found", cases);
     cr_expect_eq(failed, 0, "%zu of %zu cases failed", failed, cases);
 }
+
+Test(parse_body, null_limits_and_err)
+{
+    json_t *out = (json_t *)1;
+    const char *body = "a=1";
+
+    cr_assert_eq(parse_body("application/x-www-form-urlencoded", body, 3, NULL, &out, NULL), LB_OK);
+    cr_assert_str_eq(json_string_value(json_object_get(out, "a")), "1");
+    json_decref(out);
+    out = (json_t *)1;
+    cr_assert_eq(parse_body("text/csv", body, 3, NULL, &out, NULL), LB_ERR_MEDIA_TYPE);
+    cr_assert_null(out);
+}
+
+Test(parse_body, default_limits)
+{
+    cr_assert_eq(parse_default_limits.max_fields, 256);
+    cr_assert_eq(parse_default_limits.max_depth, 16);
+    cr_assert_eq(parse_default_limits.max_key, 256);
+    cr_assert_eq(parse_default_limits.max_value, 16384);
+}
