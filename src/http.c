@@ -1,1 +1,488 @@
-/* http.c: being written. */
+/*
+ * http.c: outgoing HTTP calls to lead APIs through one reused libcurl easy handle per thread.
+ *
+ * A call is plain data (struct http_call) built by a target; http_perform() resets the handle's
+ * options (curl_easy_reset keeps live connections, so keep-alive survives), applies the call's
+ * timeouts, limits protocols to http and https, follows no redirects, caps the response body at
+ * HTTP_MAX_RESPONSE and reads Retry-After / X-RateLimit-Reset from the final response's headers.
+ * Error messages carry libcurl's text but never the URL's query or a header value.
+ */
+#include "config.h"
+
+#include "http.h"
+
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "buf.h"
+
+#define HTTP_DEFAULT_CONNECT_MS 3000L
+#define HTTP_DEFAULT_TIMEOUT_MS 15000L
+#define HTTP_MAX_HEADER_LINE 8192
+/* A delay beyond this is treated as this (one day). */
+#define HTTP_MAX_DELAY 86400LL
+
+struct http_client {
+    CURL *curl;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* What the callbacks fill while a transfer runs. */
+struct http_transfer {
+    struct buf body;
+    bool too_large;
+    long long retry_after;
+    long long rate_limit_reset;
+};
+
+struct http_client *http_client_new(void)
+{
+    struct http_client *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->curl = curl_easy_init();
+    if (c->curl == NULL) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void http_client_free(struct http_client *c)
+{
+    if (c == NULL)
+        return;
+    curl_easy_cleanup(c->curl);
+    free(c);
+}
+
+/* Whether name is an HTTP token (RFC 9110 tchar), which rules out ':', spaces, CR, LF. */
+static bool http_is_token(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+
+    if (*p == '\0')
+        return false;
+    for (; *p != '\0'; p++) {
+        if (isalnum(*p))
+            continue;
+        if (strchr("!#$%&'*+-.^_`|~", *p) == NULL)
+            return false;
+    }
+    return true;
+}
+
+/* Whether value holds only visible characters, spaces and tabs (no CR, LF or other controls). */
+static bool http_is_field_value(const char *value)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)value; *p != '\0'; p++) {
+        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+enum lb_err http_call_add_header(struct http_call *call, const char *name, const char *value)
+{
+    size_t len;
+    char *line;
+    int n;
+
+    if (call == NULL || name == NULL || value == NULL)
+        return LB_ERR_INTERNAL;
+    if (!http_is_token(name) || !http_is_field_value(value) ||
+        strlen(name) + strlen(value) > HTTP_MAX_HEADER_LINE)
+        return LB_ERR_BAD_REQUEST;
+    if (call->n_headers >= HTTP_MAX_HEADERS)
+        return LB_ERR_INTERNAL;
+    len = strlen(name) + strlen(value) + 3;
+    line = malloc(len);
+    if (line == NULL)
+        return LB_ERR_NOMEM;
+    n = snprintf(line, len, "%s: %s", name, value);
+    if (n < 0 || (size_t)n >= len) {
+        free(line);
+        return LB_ERR_INTERNAL;
+    }
+    call->headers[call->n_headers++] = line;
+    return LB_OK;
+}
+
+void http_call_free(struct http_call *call)
+{
+    size_t i;
+
+    if (call == NULL)
+        return;
+    for (i = 0; i < call->n_headers && i < HTTP_MAX_HEADERS; i++) {
+        free(call->headers[i]);
+        call->headers[i] = NULL;
+    }
+    call->n_headers = 0;
+    free(call->body);
+    call->body = NULL;
+    call->body_len = 0;
+}
+
+void http_reply_free(struct http_reply *reply)
+{
+    if (reply == NULL)
+        return;
+    free(reply->body);
+    reply->body = NULL;
+    reply->body_len = 0;
+}
+
+static size_t http_on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_transfer *t = userdata;
+    size_t n = size * nmemb;
+
+    if (buf_append(&t->body, data, n) != LB_OK) {
+        t->too_large = true;
+        return 0;
+    }
+    return n;
+}
+
+/* Parses a run of decimal digits (at most 18) into *out. Returns false for anything else. */
+static bool http_parse_digits(const char *s, long long *out)
+{
+    long long v = 0;
+    size_t n = 0;
+
+    for (; *s >= '0' && *s <= '9'; s++, n++) {
+        if (n >= 18)
+            return false;
+        v = v * 10 + (*s - '0');
+    }
+    if (n == 0 || *s != '\0')
+        return false;
+    *out = v;
+    return true;
+}
+
+/*
+ * Retry-After value → seconds from now, or -1. Accepts delta-seconds and the IMF-fixdate form
+ * ("Wed, 21 Oct 2015 07:28:00 GMT"); a date in the past gives 0. Capped at HTTP_MAX_DELAY.
+ */
+static long long http_parse_retry_after(const char *v, time_t now)
+{
+    long long secs;
+    struct tm tm;
+    const char *end;
+    time_t when;
+
+    if (http_parse_digits(v, &secs))
+        return secs > HTTP_MAX_DELAY ? HTTP_MAX_DELAY : secs;
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL || *end != '\0')
+        return -1;
+    when = timegm(&tm);
+    if (when == (time_t)-1)
+        return -1;
+    secs = (long long)when - (long long)now;
+    if (secs < 0)
+        return 0;
+    return secs > HTTP_MAX_DELAY ? HTTP_MAX_DELAY : secs;
+}
+
+/*
+ * X-RateLimit-Reset → epoch seconds, or -1. The documented form is epoch seconds; some APIs send
+ * seconds-until-reset instead, which no real epoch value can be confused with (< 10^9), so small
+ * values are taken as a delay from now.
+ */
+static long long http_parse_rate_limit_reset(const char *v, time_t now)
+{
+    long long n;
+
+    if (!http_parse_digits(v, &n))
+        return -1;
+    if (n < 1000000000LL)
+        return (long long)now + (n > HTTP_MAX_DELAY ? HTTP_MAX_DELAY : n);
+    return n;
+}
+
+/*
+ * Called by libcurl once per header line of every response (interim and final). A status line
+ * starts a new response, so only the final one's rate-limit headers count.
+ */
+static size_t http_on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_transfer *t = userdata;
+    size_t n = size * nmemb, name_len, vlen;
+    char value[128];
+    const char *colon, *v, *end;
+
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        t->retry_after = -1;
+        t->rate_limit_reset = -1;
+        return n;
+    }
+    colon = memchr(data, ':', n);
+    if (colon == NULL)
+        return n;
+    name_len = (size_t)(colon - data);
+    v = colon + 1;
+    end = data + n;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    vlen = (size_t)(end - v);
+    if (vlen >= sizeof(value) || memchr(v, '\0', vlen) != NULL)
+        return n;
+    memcpy(value, v, vlen);
+    value[vlen] = '\0';
+    if (name_len == 11 && strncasecmp(data, "Retry-After", 11) == 0)
+        t->retry_after = http_parse_retry_after(value, time(NULL));
+    else if (name_len == 17 && strncasecmp(data, "X-RateLimit-Reset", 17) == 0)
+        t->rate_limit_reset = http_parse_rate_limit_reset(value, time(NULL));
+    return n;
+}
+
+/* Whether any of the call's header lines already names header (case-insensitive). */
+static bool http_call_has_header(const struct http_call *call, const char *header)
+{
+    size_t i, len = strlen(header);
+
+    for (i = 0; i < call->n_headers && i < HTTP_MAX_HEADERS; i++) {
+        if (call->headers[i] != NULL && strncasecmp(call->headers[i], header, len) == 0 &&
+            call->headers[i][len] == ':')
+            return true;
+    }
+    return false;
+}
+
+/* Builds the request's header list. Returns NULL on allocation failure. */
+static struct curl_slist *http_header_list(const struct http_call *call)
+{
+    struct curl_slist *list = NULL, *next;
+    size_t i;
+
+    for (i = 0; i < call->n_headers && i < HTTP_MAX_HEADERS; i++) {
+        if (call->headers[i] == NULL)
+            continue;
+        next = curl_slist_append(list, call->headers[i]);
+        if (next == NULL)
+            goto fail;
+        list = next;
+    }
+    if (call->body != NULL && !http_call_has_header(call, "Content-Type")) {
+        next = curl_slist_append(list, "Content-Type: application/json");
+        if (next == NULL)
+            goto fail;
+        list = next;
+    }
+    next = curl_slist_append(list, "Expect:");
+    if (next == NULL)
+        goto fail;
+    return next;
+
+fail:
+    curl_slist_free_all(list);
+    return NULL;
+}
+
+/*
+ * Copies libcurl's error text into out with control characters replaced, unless it holds the
+ * URL's query or one of the header values (these may carry keys): then out stays empty.
+ */
+static void http_safe_error(const struct http_call *call, const char *err, char *out, size_t size)
+{
+    const char *query;
+    size_t i;
+
+    out[0] = '\0';
+    if (call == NULL || err == NULL || err[0] == '\0')
+        return;
+    query = strchr(call->url, '?');
+    if (query != NULL && query[1] != '\0' && strstr(err, query + 1) != NULL)
+        return;
+    for (i = 0; i < call->n_headers && i < HTTP_MAX_HEADERS; i++) {
+        const char *colon = call->headers[i] != NULL ? strchr(call->headers[i], ':') : NULL;
+
+        if (colon == NULL)
+            continue;
+        colon++;
+        while (*colon == ' ')
+            colon++;
+        if (strlen(colon) >= 4 && strstr(err, colon) != NULL)
+            return;
+    }
+    for (i = 0; err[i] != '\0' && i + 1 < size; i++)
+        out[i] = (unsigned char)err[i] < 0x20 ? ' ' : err[i];
+    out[i] = '\0';
+}
+
+/* Records a transport failure in reply: code, curl's short text and its detailed message. */
+static void http_fail(struct http_reply *reply, const struct http_call *call, enum lb_err code,
+                      const char *what, const char *detail)
+{
+    char safe[CURL_ERROR_SIZE];
+    int n;
+
+    reply->transport = code;
+    http_safe_error(call, detail, safe, sizeof(safe));
+    if (safe[0] != '\0')
+        n = snprintf(reply->transport_message, sizeof(reply->transport_message), "%s: %s", what,
+                     safe);
+    else
+        n = snprintf(reply->transport_message, sizeof(reply->transport_message), "%s", what);
+    if (n < 0)
+        reply->transport_message[0] = '\0';
+}
+
+/* Sets the method and body. Returns CURLE_OK or the first failing option's code. */
+static CURLcode http_set_method(CURL *curl, const struct http_call *call)
+{
+    CURLcode rc = CURLE_OK;
+    const char *m = call->method != NULL ? call->method : "GET";
+    bool has_body = call->body != NULL;
+
+    if (strcmp(m, "GET") == 0 && !has_body)
+        return curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    if (strcmp(m, "POST") != 0) {
+        rc = curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, m);
+        if (rc != CURLE_OK || !has_body)
+            return rc;
+    }
+    rc = curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                          (curl_off_t)(has_body ? call->body_len : 0));
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_POSTFIELDS, has_body ? call->body : "");
+    return rc;
+}
+
+/* Applies every option of one call to the reset handle. Returns the first failure. */
+static CURLcode http_setup(struct http_client *c, const struct http_call *call,
+                           struct curl_slist *headers, struct http_transfer *t)
+{
+    CURL *curl = c->curl;
+    long connect_ms = call->connect_timeout_ms > 0 ? call->connect_timeout_ms
+                                                   : HTTP_DEFAULT_CONNECT_MS;
+    long total_ms = call->timeout_ms > 0 ? call->timeout_ms : HTTP_DEFAULT_TIMEOUT_MS;
+    CURLcode rc;
+
+    rc = curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, c->errbuf);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_URL, call->url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS,
+                              (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, total_ms);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_USERAGENT, PACKAGE_NAME "/" PACKAGE_VERSION);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    if (rc == CURLE_OK)
+        rc = http_set_method(curl, call);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_on_body);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_WRITEDATA, t);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, http_on_header);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(curl, CURLOPT_HEADERDATA, t);
+    return rc;
+}
+
+/*
+ * Runs call on c's handle and fills *reply (which the caller frees with http_reply_free; it is
+ * reset here first). Returns reply->transport: LB_OK when any HTTP answer came, whatever its
+ * status; LB_ERR_TIMEOUT; or LB_ERR_UPSTREAM for every other failure (connect, TLS, a response
+ * over HTTP_MAX_RESPONSE, set-up). The handle's connections are kept for the next call.
+ */
+enum lb_err http_perform(struct http_client *c, const struct http_call *call,
+                         struct http_reply *reply)
+{
+    struct http_transfer t;
+    struct curl_slist *headers = NULL;
+    CURLcode rc;
+    long status = 0;
+
+    memset(reply, 0, sizeof(*reply));
+    reply->retry_after = -1;
+    reply->rate_limit_reset = -1;
+    reply->transport = LB_OK;
+    buf_init(&t.body, HTTP_MAX_RESPONSE);
+    t.too_large = false;
+    t.retry_after = -1;
+    t.rate_limit_reset = -1;
+
+    if (c == NULL || c->curl == NULL || call == NULL) {
+        http_fail(reply, call, LB_ERR_UPSTREAM, "no HTTP client or call", NULL);
+        goto out;
+    }
+    if (strncmp(call->url, "http://", 7) != 0 && strncmp(call->url, "https://", 8) != 0) {
+        http_fail(reply, call, LB_ERR_UPSTREAM, "only http and https URLs are allowed", NULL);
+        goto out;
+    }
+    curl_easy_reset(c->curl);
+    c->errbuf[0] = '\0';
+    headers = http_header_list(call);
+    if (headers == NULL) {
+        http_fail(reply, call, LB_ERR_UPSTREAM, "out of memory", NULL);
+        goto out;
+    }
+    rc = http_setup(c, call, headers, &t);
+    if (rc != CURLE_OK) {
+        http_fail(reply, call, LB_ERR_UPSTREAM, "request set-up failed", curl_easy_strerror(rc));
+        goto out;
+    }
+    rc = curl_easy_perform(c->curl);
+    if (curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+        status = 0;
+    reply->status = status;
+    if (t.too_large)
+        http_fail(reply, call, LB_ERR_UPSTREAM, "response too large", NULL);
+    else if (rc == CURLE_OPERATION_TIMEDOUT)
+        http_fail(reply, call, LB_ERR_TIMEOUT, curl_easy_strerror(rc), c->errbuf);
+    else if (rc != CURLE_OK)
+        http_fail(reply, call, LB_ERR_UPSTREAM, curl_easy_strerror(rc), c->errbuf);
+    if (reply->transport != LB_OK)
+        goto out;
+    reply->retry_after = t.retry_after;
+    reply->rate_limit_reset = t.rate_limit_reset;
+    if (t.body.len > 0) {
+        reply->body_len = t.body.len;
+        reply->body = buf_steal(&t.body);
+        if (reply->body == NULL) {
+            reply->body_len = 0;
+            http_fail(reply, call, LB_ERR_UPSTREAM, "out of memory", NULL);
+        }
+    }
+
+out:
+    buf_free(&t.body);
+    curl_slist_free_all(headers);
+    return reply->transport;
+}
