@@ -88,7 +88,7 @@ static bool header_safe(const char *s)
     return true;
 }
 
-/* Appends s percent-encoded (RFC 3986 unreserved characters kept). */
+/* Appends s percent-encoded (RFC 3986 unreserved characters and ',' kept). */
 static enum lb_err put_encoded(struct buf *b, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -98,7 +98,7 @@ static enum lb_err put_encoded(struct buf *b, const char *s)
         unsigned char c = (unsigned char)*s;
 
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
+            c == '-' || c == '.' || c == '_' || c == '~' || c == ',') {
             e = buf_putc(b, (char)c);
         } else {
             char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
