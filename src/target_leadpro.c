@@ -437,7 +437,7 @@ static bool lp_string_map_ok(const json_t *v, bool lists)
     return true;
 }
 
-/* Whether v is a questionnaire: an array of [question, answer] string pairs, or an object of them. */
+/* Whether v is a questionnaire: an array of [question, answer] string pairs, or an object. */
 static bool lp_questionnaire_ok(const json_t *v)
 {
     size_t i;
@@ -662,7 +662,8 @@ static int leadpro_validate(const void *state, enum target_action action, const 
     if (json_is_string(lp_get(lead, "gclid")))
         any = true;
     if (!any)
-        added += lp_add_error(errors, "lead", "nothing to update: give at least one field to change");
+        added += lp_add_error(errors, "lead",
+                              "nothing to update: give at least one field to change");
     return added;
 }
 
@@ -1163,7 +1164,7 @@ out:
 
 /* ---- configuration ---- */
 
-/* Whether s is an http(s) URL we can append paths to: scheme, a host, no spaces, query or fragment. */
+/* Whether s is an http(s) URL we can append paths to: a host; no spaces, query or fragment. */
 static bool lp_base_url_ok(const char *s)
 {
     const char *host;
