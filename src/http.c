@@ -92,6 +92,12 @@ static bool http_is_field_value(const char *value)
     return true;
 }
 
+bool http_header_valid(const char *name, const char *value)
+{
+    return name != NULL && value != NULL && http_is_token(name) && http_is_field_value(value) &&
+           strlen(name) + strlen(value) <= HTTP_MAX_HEADER_LINE;
+}
+
 enum lb_err http_call_add_header(struct http_call *call, const char *name, const char *value)
 {
     size_t len;
@@ -100,8 +106,7 @@ enum lb_err http_call_add_header(struct http_call *call, const char *name, const
 
     if (call == NULL || name == NULL || value == NULL)
         return LB_ERR_INTERNAL;
-    if (!http_is_token(name) || !http_is_field_value(value) ||
-        strlen(name) + strlen(value) > HTTP_MAX_HEADER_LINE)
+    if (!http_header_valid(name, value))
         return LB_ERR_BAD_REQUEST;
     if (call->n_headers >= HTTP_MAX_HEADERS)
         return LB_ERR_INTERNAL;

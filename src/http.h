@@ -8,6 +8,7 @@
 #ifndef LB_HTTP_H
 #define LB_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "err.h"
@@ -48,6 +49,8 @@ void http_client_free(struct http_client *c);
  */
 enum lb_err http_call_add_header(struct http_call *call, const char *name, const char *value);
 void http_call_free(struct http_call *call);
+/* Whether http_call_add_header would take name and value (for checking configured headers early). */
+bool http_header_valid(const char *name, const char *value);
 
 /* Performs call. Fills *reply (free with http_reply_free) and returns reply->transport. */
 enum lb_err http_perform(struct http_client *c, const struct http_call *call,

@@ -88,4 +88,12 @@ void target_result_clear(struct target_result *r);
 /* Shared helper for classify: status → outcome (2xx ok; 408, 429, 5xx, 0 transient; else permanent). */
 enum delivery_outcome target_outcome_for_status(long status);
 
+/*
+ * The Standard Webhooks signature of one message: "v1," + base64(HMAC-SHA256(key, msg_id "."
+ * timestamp "." body)), written into out. LB_ERR_INTERNAL when out is too small.
+ */
+enum lb_err target_webhook_sign(const void *key, size_t key_len, const char *msg_id,
+                                long long timestamp, const char *body, size_t body_len, char *out,
+                                size_t out_size);
+
 #endif
