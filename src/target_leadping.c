@@ -88,7 +88,7 @@ static const char *const leadping_metadata_fields[] = {
 
 #define N_ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))
 
-/* --- small helpers ----------------------------------------------------------------------------- */
+/* --- small helpers ---------------------------------------------------------------------------- */
 
 /* The non-empty string at key of obj (borrowed), or NULL when absent, empty or not a string. */
 static const char *leadping_text(const json_t *obj, const char *key)
@@ -311,7 +311,7 @@ static json_t *leadping_price_value(const json_t *v, enum leadping_price fmt)
     return json_string(text);
 }
 
-/* --- configure --------------------------------------------------------------------------------- */
+/* --- configure -------------------------------------------------------------------------------- */
 
 static void leadping_free(void *state)
 {
@@ -496,7 +496,7 @@ static bool leadping_supports(enum target_action action)
     return action == TARGET_CREATE;
 }
 
-/* --- validate ---------------------------------------------------------------------------------- */
+/* --- validate --------------------------------------------------------------------------------- */
 
 /*
  * Checks lead by Leadping's rules: a way to reach the person (email or phone), a plausible
@@ -544,7 +544,7 @@ static int leadping_validate(const void *state, enum target_action action, const
     return added;
 }
 
-/* --- build ------------------------------------------------------------------------------------- */
+/* --- build ------------------------------------------------------------------------------------ */
 
 /* Adds key: a new string of value to obj. LB_ERR_NOMEM on failure. */
 static enum lb_err leadping_set_text(json_t *obj, const char *key, const char *value)
@@ -717,7 +717,7 @@ out:
     return e;
 }
 
-/* --- classify ---------------------------------------------------------------------------------- */
+/* --- classify --------------------------------------------------------------------------------- */
 
 /*
  * Sets result->lead_id from the "id" of a 2xx body (a string, or an integer written as text).

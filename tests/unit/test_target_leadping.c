@@ -98,7 +98,7 @@ static json_t *build_body(const void *state, const char *lead_text, struct http_
     return body;
 }
 
-/* --- configure ---------------------------------------------------------------------------------- */
+/* --- configure -------------------------------------------------------------------------------- */
 
 Test(configure, source_key_headers_url_and_timeouts)
 {
@@ -121,7 +121,8 @@ Test(configure, source_key_headers_url_and_timeouts)
 
 Test(configure, bearer_base_url_and_timeouts)
 {
-    void *st = configure_ok("{\"type\": \"leadping\", \"auth\": \"bearer\", \"token\": \"lp_src_xyz\","
+    void *st = configure_ok("{\"type\": \"leadping\", \"auth\": \"bearer\","
+                            " \"token\": \"lp_src_xyz\","
                             " \"base_url\": \"http://127.0.0.1:8081/\", \"connect_timeout\": 2,"
                             " \"timeout\": 9}");
     struct http_call call;
@@ -179,7 +180,7 @@ Test(supports, create_only)
     cr_assert_not(ops->supports(TARGET_VALUATION));
 }
 
-/* --- build: golden payloads ---------------------------------------------------------------------- */
+/* --- build: golden payloads ------------------------------------------------------------------- */
 
 /* The whole file at path (caller frees), or NULL when it does not exist. */
 static char *read_file(const char *path)
@@ -289,7 +290,7 @@ Test(build, refuses_an_invalid_lead_and_other_actions)
     ops->free(st);
 }
 
-/* --- validate ------------------------------------------------------------------------------------ */
+/* --- validate --------------------------------------------------------------------------------- */
 
 /* Validates lead text; returns the error count, with the reason for field (or "") in reason. */
 static int check(const char *lead_text, const char *field, char *reason, size_t size)
@@ -381,7 +382,7 @@ Test(validate, text_fields_must_be_text)
     VALID("{\"phone\": \"1\", \"postcode\": null}");
 }
 
-/* --- classify ------------------------------------------------------------------------------------ */
+/* --- classify --------------------------------------------------------------------------------- */
 
 /* Classifies a hand-made reply with status and body (NULL for none). */
 static struct target_result classify(long status, const char *body)
