@@ -2,7 +2,7 @@
  * crypto.c: SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), base64 and base64url (RFC 4648), hex,
  * constant-time comparison and kernel randomness, with no library beyond libc.
  *
- * Nothing here allocates; every output buffer is given with its size or has a documented fixed size.
+ * Nothing here allocates; every output buffer comes with its size or has a documented fixed size.
  */
 #include "crypto.h"
 

@@ -49,7 +49,7 @@ void http_client_free(struct http_client *c);
  */
 enum lb_err http_call_add_header(struct http_call *call, const char *name, const char *value);
 void http_call_free(struct http_call *call);
-/* Whether http_call_add_header would take name and value (for checking configured headers early). */
+/* Whether http_call_add_header would take name and value (to check configured headers early). */
 bool http_header_valid(const char *name, const char *value);
 
 /* Performs call. Fills *reply (free with http_reply_free) and returns reply->transport. */

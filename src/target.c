@@ -59,7 +59,7 @@ const char *delivery_outcome_name(enum delivery_outcome o)
     return delivery_outcome_names[o];
 }
 
-/* 2xx ok; no answer, 408, 429 and 5xx transient; everything else (4xx, 1xx, 3xx, junk) permanent. */
+/* 2xx ok; no answer, 408, 429 and 5xx transient; all else (4xx, 1xx, 3xx, junk) permanent. */
 enum delivery_outcome target_outcome_for_status(long status)
 {
     if (status >= 200 && status <= 299)
@@ -104,8 +104,9 @@ static void target_set(struct target_result *r, enum delivery_outcome o, const c
  * initialised here (it must not hold a valuation from before) and always says what happened:
  * a build failure is permanent (transient when only memory ran out), a transport failure is
  * transient with "timed out" or "could not connect" in the reason, an HTTP answer is classified
- * by the target. For a transient outcome without the target's own hint, retry_after comes from
- * Retry-After or X-RateLimit-Reset. The call and reply are freed here.
+ * by the target. A webhook that names no lead gets our id (the submission id, or lead_id for an
+ * update) so a reference can still be signed. For a transient outcome without the target's own
+ * hint, retry_after comes from Retry-After or X-RateLimit-Reset. The call and reply are freed here.
  */
 void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
                     const json_t *lead, const char *lead_id, const char *submission_id,

@@ -265,6 +265,7 @@ static char *webhook_body(enum target_action action, const json_t *lead, const c
 {
     json_t *root = json_object(), *copy = NULL;
     char *text = NULL;
+    const char *type;
     int rc;
 
     if (root == NULL)
@@ -272,8 +273,8 @@ static char *webhook_body(enum target_action action, const json_t *lead, const c
     copy = lead != NULL ? json_deep_copy(lead) : json_object();
     if (copy == NULL)
         goto out;
-    rc = json_object_set_new(root, "type",
-                             json_string(action == TARGET_UPDATE ? "lead.updated" : "lead.created"));
+    type = action == TARGET_UPDATE ? "lead.updated" : "lead.created";
+    rc = json_object_set_new(root, "type", json_string(type));
     rc |= json_object_set_new(root, "submission_id", json_string(submission_id));
     if (action == TARGET_UPDATE)
         rc |= json_object_set_new(root, "lead_id", json_string(lead_id));

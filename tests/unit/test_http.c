@@ -267,7 +267,8 @@ Test(http, patch_and_put_use_their_method)
 
 Test(http, get_without_body_has_no_content_type)
 {
-    static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    static const char resp[] =
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
     struct server s;
     struct http_call call = {.method = "GET"};
     struct http_reply reply;
