@@ -2003,9 +2003,11 @@ static enum lb_err match_single(const struct ruleset *rs, const struct rule *r, 
     }
     if (end < start)
         end = start;
-    memmove(b->data, b->data + start, end - start);
-    b->len = end - start;
-    b->data[b->len] = '\0';
+    if (b->data != NULL) {
+        memmove(b->data, b->data + start, end - start);
+        b->len = end - start;
+        b->data[b->len] = '\0';
+    }
     return LB_OK;
 }
 

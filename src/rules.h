@@ -16,8 +16,10 @@
 struct ruleset;
 
 /*
- * Compiles the rule keys of a form object (borrowed): "rules" and "unused_fields". path is the
- * form's JSON path ("forms.contact"). Returns a new ruleset, or NULL with the mistakes in d.
+ * Compiles the rule keys of a form object (borrowed): "rules", "unused_fields" and "attribution".
+ * path is the form's JSON path ("forms.contact"). Every source path is parsed and every regex
+ * compiled here. Returns a new ruleset (free with rules_free()), or NULL with the mistakes in d
+ * (each at its JSON path, e.g. forms.contact.rules[2].match).
  */
 struct ruleset *rules_compile(const json_t *form, const char *path, struct diag *d);
 
@@ -25,9 +27,11 @@ struct ruleset *rules_compile(const json_t *form, const char *path, struct diag 
 extern const char *const rules_form_keys[];
 
 /*
- * Applies rs to the submitted fields and the attribution (both borrowed). On LB_OK *lead is a new
- * object (the canonical lead) and *errors is NULL when every field is valid or a new object
- * {"field": "reason a person understands"} otherwise. Returns LB_ERR_NOMEM only.
+ * Applies rs to the submitted fields and the attribution (both borrowed; either may be NULL). On
+ * LB_OK *lead is a new object (the canonical lead, holding the valid fields) and *errors is NULL
+ * when every field is valid or a new object {"field": "reason a person understands"} otherwise
+ * (first error per field; never the submitted value). Thread-safe for a shared rs: the only state
+ * is this thread's PCRE2 match data. Returns LB_ERR_NOMEM only.
  */
 enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const json_t *attribution,
                         json_t **lead, json_t **errors);

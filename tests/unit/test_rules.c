@@ -506,3 +506,42 @@ Test(rules, one_ruleset_many_threads)
     }
     rules_free(rs);
 }
+
+/* Returns true when {"field": "x", "from": <source>} compiles. */
+static bool source_compiles(const char *source)
+{
+    json_t *form = json_pack("{s:[{s:s,s:s}]}", "rules", "field", "x", "from", source);
+    struct diag d;
+    struct ruleset *rs;
+    bool ok;
+
+    cr_assert_not_null(form);
+    diag_init(&d, "test", NULL, 0);
+    rs = rules_compile(form, "form", &d);
+    ok = rs != NULL;
+    cr_expect_eq(ok, d.count == 0, "%s", source);
+    rules_free(rs);
+    diag_free(&d);
+    json_decref(form);
+    return ok;
+}
+
+Test(rules, source_path_syntax)
+{
+    static const char *const good[] = {
+        "email", "fields.email.value", "fields[email][value]", "[\"first name\"]",
+        "['it\\'s']", "a[\"q\\\"uote\"]", "answers[0]", "answers.0.email",
+        "answers[field.ref=email].email", "answers[field.ref=\"a]b\"].x", "Property Type",
+        "attribution.utm_source", "lead.lofty.tags", "[\"lead\"]", "a[b=]",
+    };
+    static const char *const bad[] = {
+        "", "[", "a[", "a[]", "a[=x]", "a[b=", "a]", "a..b", ".a", "a.", "[\"x", "a[\"x\"]b",
+        "a[0]b", "a[1000001]", "attribution", "lead", "a[b[c]]", "a[\"x\"y]", "a[k=\"v\"w]",
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        cr_expect(source_compiles(good[i]), "should compile: %s", good[i]);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_expect(!source_compiles(bad[i]), "should be refused: %s", bad[i]);
+}
