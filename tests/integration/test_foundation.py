@@ -435,6 +435,12 @@ class CommandLine(unittest.TestCase):
 class Shutdown(unittest.TestCase):
     """SIGTERM with a request in flight: the request finishes, then the bridge exits 0."""
 
+    def test_sigterm_idle_exits_promptly(self):
+        with Stack("foundation.json", nginx=False, standin=False) as st:
+            t0 = time.monotonic()
+            self.assertEqual(st.stop_bridge(), 0)
+            self.assertLess(time.monotonic() - t0, 5.0)
+
     def test_sigterm_finishes_request_in_flight(self):
         st = Stack("foundation.json", nginx=False, standin=False)
         with st:
