@@ -587,7 +587,9 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
         diag_add(d, "secret", "must be at least 16 characters (it signs lead references)");
     c->secret = dup_or_null(s);
     c->ref_ttl = conf_integer(c->root, "ref_ttl", "", 86400, 60, 365LL * 86400, d);
-    c->spool_dir = dup_or_null(conf_string(c->root, "spool", "", NULL, false, d));
+    c->spool_dir = strdup(conf_string(c->root, "spool", "", LOCALSTATEDIR "/spool/leadbridge",
+                                      false, d));
+    outbox_conf_from_json(json_object_get(c->root, "outbox"), "outbox", d, &c->outbox);
     c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
     c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
     load_attribution(c, json_object_get(c->root, "attribution"), d);

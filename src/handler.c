@@ -7,6 +7,7 @@
  */
 #include "handler.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "attribution.h"
 #include "crypto.h"
 #include "leadref.h"
+#include "outbox.h"
 #include "rules.h"
 #include "target.h"
 
@@ -227,107 +229,51 @@ static json_t *dry_run_payloads(struct job *j, enum target_action action)
     return out;
 }
 
-/* Delivers to every target of the form; fills the answer. */
-static void deliver(struct job *j, enum target_action action, struct response *out,
-                    struct log_record *rec)
+/* The JSON answer and where a plain HTML post goes, from the delivery results. */
+static void answer_delivery(struct job *j, enum target_action action, const char *status,
+                            json_t *targets, json_t *refs, const char *ref_target,
+                            json_t *valuation, struct response *out)
 {
-    json_t *targets = json_object();
-    json_t *valuation = NULL;
-    json_t *refs = json_object();
-    const char *first_ref_target = NULL;
-    int ok = 0, transient = 0, permanent = 0, timeouts = 0;
-    char reason[512] = "";
     json_t *body, *params;
-    long long retry_after = -1;
+    int code = strcmp(status, "queued") == 0 ? 202 : 200;
 
-    for (size_t i = 0; i < j->form->n_targets; i++) {
-        const struct target *t = j->form->targets[i];
-        struct target_result res;
-        char word[600];
-
-        if (j->update_target != NULL && t != j->update_target)
-            continue;
-        target_result_init(&res);
-        target_deliver(t, j->w->http, action, j->lead,
-                       action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id, &res);
-        if (res.outcome == DELIVERY_OK) {
-            ok++;
-            snprintf(word, sizeof(word), "%s", action == TARGET_UPDATE ? "updated" : "created");
-            if (res.valuation != NULL && valuation == NULL)
-                valuation = json_incref(res.valuation);
-            if (res.lead_id[0] != '\0' && j->cfg->secret != NULL) {
-                char ref[LEADREF_MAX];
-                const char *lead_id = res.lead_id;
-
-                if (leadref_sign(j->cfg->secret, t->name, lead_id,
-                                 (long long)time(NULL) + j->cfg->ref_ttl, ref,
-                                 sizeof(ref)) == LB_OK) {
-                    json_object_set_new(refs, t->name, json_string(ref));
-                    if (first_ref_target == NULL)
-                        first_ref_target = t->name;
-                }
-            }
-        } else {
-            if (res.outcome == DELIVERY_TRANSIENT) {
-                transient++;
-                if (res.http_status == 0 && strstr(res.reason, "timed out") != NULL)
-                    timeouts++;
-                if (res.retry_after > retry_after)
-                    retry_after = res.retry_after;
-            } else {
-                permanent++;
-            }
-            snprintf(word, sizeof(word), "failed: %s", res.reason);
-            if (reason[0] == '\0')
-                snprintf(reason, sizeof(reason), "%s", res.reason);
-        }
-        json_object_set_new(targets, t->name, json_string(word));
-        target_result_clear(&res);
-    }
-
-    if (ok == 0) {
-        enum lb_err code = permanent > 0 ? LB_ERR_REJECTED
-                           : timeouts == transient ? LB_ERR_TIMEOUT
-                                                   : LB_ERR_UPSTREAM;
-
-        rec->outcome = permanent > 0 ? "rejected" : "upstream_failed";
-        answer_error(j, out, code, reason, NULL);
-        if (out->body != NULL)
-            json_object_set(out->body, "targets", targets);
-        out->retry_after = retry_after;
-        goto out;
-    }
-
-    rec->outcome = action == TARGET_UPDATE ? "updated" : "created";
-    body = json_pack("{s:b,s:s,s:O}", "ok", 1, "status", rec->outcome, "targets", targets);
-    if (body != NULL && first_ref_target != NULL) {
-        json_t *lead = json_pack("{s:O}", "ref", json_object_get(refs, first_ref_target));
+    body = json_pack("{s:b,s:s,s:O}", "ok", 1, "status", status, "targets", targets);
+    if (body != NULL && ref_target != NULL) {
+        json_t *lead = json_pack("{s:O}", "ref", json_object_get(refs, ref_target));
 
         if (json_object_size(refs) > 1)
             json_object_set(lead, "refs", refs);
         json_object_set_new(body, "lead", lead);
     }
-    if (body != NULL && action == TARGET_VALUATION)
-        json_object_set_new(body, "valuation",
-                            valuation != NULL ? json_incref(valuation)
-                                              : json_pack("{s:s}", "status", "unavailable"));
+    if (body != NULL && code == 202)
+        json_object_set_new(body, "message",
+                            json_string("we have your details and will pass them on shortly"));
+    if (body != NULL && action == TARGET_VALUATION) {
+        json_t *v = valuation != NULL ? json_incref(valuation)
+                                      : json_pack("{s:s}", "status", "unavailable");
 
+        if (v != NULL && valuation == NULL)
+            json_object_set_new(v, "message",
+                                json_string(code == 202 ? "the valuation service is busy: an "
+                                                          "agent will send your estimate"
+                                                        : "no estimate was made"));
+        json_object_set_new(body, "valuation", v);
+    }
     if (request_wants_json(&j->req) || j->form->success_page == NULL) {
-        response_json(out, 200, body);
-        goto out;
+        response_json(out, code, body);
+        return;
     }
     /* A plain HTML post: 303 to the success page with the numbers, nothing personal. */
-    params = json_pack("{s:s}", "status", rec->outcome);
-    if (params != NULL && first_ref_target != NULL)
-        json_object_set(params, "lb_ref", json_object_get(refs, first_ref_target));
+    params = json_pack("{s:s}", "status", status);
+    if (params != NULL && ref_target != NULL)
+        json_object_set(params, "lb_ref", json_object_get(refs, ref_target));
     if (params != NULL && action == TARGET_VALUATION) {
         static const char *const blocks[] = {"sale", "rent"};
         static const char *const keys[] = {"min", "avg", "max"};
+        json_t *vstatus = json_object_get(valuation, "status");
 
-        json_t *status = json_object_get(valuation, "status");
-
-        json_object_set_new(params, "valuation", json_is_string(status)
-                                                     ? json_incref(status)
+        json_object_set_new(params, "valuation", json_is_string(vstatus)
+                                                     ? json_incref(vstatus)
                                                      : json_string("unavailable"));
         for (size_t b = 0; valuation != NULL && b < 2; b++)
             for (size_t k = 0; k < 3; k++) {
@@ -340,13 +286,246 @@ static void deliver(struct job *j, enum target_action action, struct response *o
             }
     }
     if (params == NULL || response_redirect(out, j->form->success_page, params) != LB_OK)
-        response_json(out, 200, json_incref(body));
+        response_json(out, code, json_incref(body));
     json_decref(params);
     json_decref(body);
-out:
+}
+
+/*
+ * Delivers the claimed job to each of its targets now, recording every outcome in the claim (so
+ * the outbox retries what failed transiently), and fills the answer: 200 when a target took the
+ * lead, 202 "queued" when the rest will be retried, 422 when every target refused it.
+ */
+static void deliver(struct job *j, enum target_action action, struct outbox_claim *claim,
+                    struct response *out, struct log_record *rec)
+{
+    json_t *targets = json_object();
+    json_t *valuation = NULL;
+    json_t *refs = json_object();
+    const char *ref_target = NULL;
+    int ok = 0, transient = 0, permanent = 0;
+    char reason[512] = "";
+    long long retry_after = -1;
+    size_t n = j->form->n_targets, done = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const struct target *t = j->form->targets[i];
+        struct target_result res;
+        char word[600];
+
+        if (j->update_target != NULL && t != j->update_target)
+            continue;
+        target_result_init(&res);
+        target_deliver(t, j->w->http, action, j->lead,
+                       action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id, &res);
+        if (outbox_record(claim, t->name, &res, (long long)time(NULL)) == LB_OK &&
+            res.outcome == DELIVERY_OK && ++done < n)
+            outbox_save(claim); /* a crash now must not deliver this target twice */
+        if (res.outcome == DELIVERY_OK) {
+            ok++;
+            snprintf(word, sizeof(word), "%s", action == TARGET_UPDATE ? "updated" : "created");
+            if (res.valuation != NULL && valuation == NULL)
+                valuation = json_incref(res.valuation);
+            if (res.lead_id[0] == '\0' && action == TARGET_UPDATE)
+                snprintf(res.lead_id, sizeof(res.lead_id), "%s", j->update_lead_id);
+            if (res.lead_id[0] != '\0' && j->cfg->secret != NULL) {
+                char ref[LEADREF_MAX];
+
+                if (leadref_sign(j->cfg->secret, t->name, res.lead_id,
+                                 (long long)time(NULL) + j->cfg->ref_ttl, ref,
+                                 sizeof(ref)) == LB_OK) {
+                    json_object_set_new(refs, t->name, json_string(ref));
+                    if (ref_target == NULL)
+                        ref_target = t->name;
+                }
+            }
+        } else {
+            if (res.outcome == DELIVERY_TRANSIENT) {
+                transient++;
+                if (res.retry_after > retry_after)
+                    retry_after = res.retry_after;
+            } else {
+                permanent++;
+            }
+            snprintf(word, sizeof(word), "%s: %s",
+                     res.outcome == DELIVERY_TRANSIENT ? "queued" : "failed", res.reason);
+            if (reason[0] == '\0' || (permanent > 0 && res.outcome == DELIVERY_PERMANENT))
+                snprintf(reason, sizeof(reason), "%s", res.reason);
+        }
+        json_object_set_new(targets, t->name, json_string(word));
+        target_result_clear(&res);
+    }
+
+    if (ok > 0 || transient > 0) {
+        const char *status = ok > 0 ? (action == TARGET_UPDATE ? "updated" : "created") : "queued";
+
+        rec->outcome = status;
+        answer_delivery(j, action, status, targets, refs, ref_target, valuation, out);
+    } else {
+        rec->outcome = "rejected";
+        answer_error(j, out, LB_ERR_REJECTED, reason, NULL);
+        if (out->body != NULL)
+            json_object_set(out->body, "targets", targets);
+    }
     json_decref(targets);
     json_decref(refs);
     json_decref(valuation);
+}
+
+/* What a duplicate must be answered: the status, body and Location of the first answer. */
+static json_t *response_record(const struct response *out)
+{
+    json_t *r = json_pack("{s:i}", "status", out->status);
+
+    if (r != NULL && out->body != NULL)
+        json_object_set(r, "body", out->body);
+    if (r != NULL && out->location != NULL)
+        json_object_set_new(r, "location", json_string(out->location));
+    return r;
+}
+
+/*
+ * Answers a repeat of an earlier submission (same Idempotency-Key, or the same content from the
+ * same client within the duplicate window) with the first answer. The first may still be in
+ * flight in another worker: wait for its answer, bounded by the targets' time limit.
+ */
+static void replay(struct job *j, const char *existing, struct response *out,
+                   struct log_record *rec)
+{
+    struct timespec pause = {0, 50 * 1000 * 1000};
+
+    rec->outcome = "duplicate";
+    for (int i = 0; i < 20 * 30; i++) {
+        json_t *r = outbox_load_response(j->w->outbox, existing, NULL);
+
+        if (r != NULL) {
+            json_t *body = json_object_get(r, "body");
+            const char *loc = json_string_value(json_object_get(r, "location"));
+
+            response_json(out, (int)json_integer_value(json_object_get(r, "status")),
+                          json_incref(body));
+            if (loc != NULL)
+                out->location = strdup(loc);
+            json_decref(r);
+            return;
+        }
+        nanosleep(&pause, NULL);
+    }
+    answer_error(j, out, LB_ERR_CONFLICT, "the same submission is still being processed", NULL);
+}
+
+/* "fp:" + SHA-256 over the form, the client and the lead: the same content from the same client. */
+static void fingerprint(const struct job *j, enum target_action action, char *out, size_t size)
+{
+    char *text = json_dumps(j->lead, JSON_COMPACT | JSON_SORT_KEYS);
+    struct buf b;
+    uint8_t digest[SHA256_DIGEST_SIZE];
+    char hex[2 * SHA256_DIGEST_SIZE + 1];
+    const char *ip = json_string_value(json_object_get(j->attribution, "ip"));
+
+    buf_init(&b, 1024 * 1024);
+    buf_printf(&b, "%s\n%d\n%s\n%s\n%s", j->form->name, (int)action, ip != NULL ? ip : "",
+               j->update_lead_id, text != NULL ? text : "");
+    sha256(b.data != NULL ? b.data : "", b.len, digest);
+    hex_encode(digest, sizeof(digest), hex);
+    snprintf(out, size, "fp:%s", hex);
+    buf_free(&b);
+    free(text);
+}
+
+/*
+ * Accepts the submission durably, then delivers it: duplicate checks (Idempotency-Key, content
+ * fingerprint) → the job on disk (outbox_put) → claim → deliver now → first answer stored → job
+ * filed (done, queued for retry, or dead). Nothing is answered "accepted" before the job is on
+ * disk.
+ */
+static void accept_and_deliver(struct job *j, enum target_action action, const struct buf *body,
+                               struct response *out, struct log_record *rec)
+{
+    struct outbox *ob = j->w->outbox;
+    long long now = (long long)time(NULL);
+    char idem[600] = "", fp[80], existing[OUTBOX_ID_SIZE], hash_hex[2 * SHA256_DIGEST_SIZE + 1];
+    bool dup = false;
+    json_t *job = NULL, *record;
+    struct outbox_claim *claim = NULL;
+    struct lb_error err = {LB_OK, ""};
+    enum lb_err e;
+
+    if (j->req.idempotency_key != NULL && j->req.idempotency_key[0] != '\0') {
+        uint8_t digest[SHA256_DIGEST_SIZE];
+        struct buf h;
+
+        buf_init(&h, body->len + 256);
+        buf_printf(&h, "%s\n", j->form->name);
+        buf_append(&h, body->data != NULL ? body->data : "", body->len);
+        sha256(h.data != NULL ? h.data : "", h.len, digest);
+        buf_free(&h);
+        hex_encode(digest, sizeof(digest), hash_hex);
+        snprintf(idem, sizeof(idem), "idem:%s:%.500s", j->form->name, j->req.idempotency_key);
+        e = outbox_reserve_key(ob, idem, hash_hex, j->submission_id, now, &dup, existing);
+        if (e == LB_ERR_CONFLICT) {
+            rec->outcome = "idempotency_conflict";
+            answer_error(j, out, LB_ERR_CONFLICT,
+                         "this Idempotency-Key was used for a different submission", NULL);
+            return;
+        }
+        if (e != LB_OK) {
+            answer_error(j, out, LB_ERR_UNAVAILABLE, "the submission could not be stored", NULL);
+            return;
+        }
+        if (dup) {
+            replay(j, existing, out, rec);
+            return;
+        }
+    }
+    fingerprint(j, action, fp, sizeof(fp));
+    e = outbox_reserve_key(ob, fp, NULL, j->submission_id, now, &dup, existing);
+    if (e == LB_OK && dup) {
+        if (idem[0] != '\0')
+            outbox_release_key(ob, idem, j->submission_id);
+        replay(j, existing, out, rec);
+        return;
+    }
+
+    job = outbox_job_new(j->submission_id, j->form->name, now);
+    /* Due later than now: the background worker leaves it to this request unless we die. */
+    if (job != NULL)
+        json_object_set_new(job, "next_attempt", json_integer(now + 30));
+    for (size_t i = 0; job != NULL && i < j->form->n_targets; i++) {
+        const struct target *t = j->form->targets[i];
+
+        if (j->update_target != NULL && t != j->update_target)
+            continue;
+        if (outbox_job_add_target(job, t->name, target_action_name(action), j->lead,
+                                  action == TARGET_UPDATE ? j->update_lead_id : NULL) != LB_OK) {
+            json_decref(job);
+            job = NULL;
+        }
+    }
+    e = job != NULL ? outbox_put(ob, job, &err) : LB_ERR_NOMEM;
+    json_decref(job);
+    if (e != LB_OK) {
+        if (idem[0] != '\0')
+            outbox_release_key(ob, idem, j->submission_id);
+        outbox_release_key(ob, fp, j->submission_id);
+        log_msg(LOG_ERROR, "outbox: %s", err.message);
+        answer_error(j, out, LB_ERR_UNAVAILABLE,
+                     "the submission could not be stored; please try again", NULL);
+        return;
+    }
+    if (outbox_claim(ob, j->submission_id, &claim) != LB_OK) {
+        /* On disk and held elsewhere (or already filed): the outbox delivers it. */
+        rec->outcome = "queued";
+        response_json(out, 202, json_pack("{s:b,s:s}", "ok", 1, "status", "queued"));
+        return;
+    }
+    deliver(j, action, claim, out, rec);
+    record = response_record(out);
+    if (record != NULL)
+        outbox_claim_set_response(claim, record);
+    json_decref(record);
+    if (outbox_finish(claim, (long long)time(NULL), NULL) != LB_OK)
+        log_msg(LOG_ERROR, "outbox: could not file job %s", j->submission_id);
 }
 
 void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, void *env_ctx,
@@ -359,7 +538,6 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     enum lb_err e;
     double start = now_ms();
     enum target_action action;
-    unsigned char rnd[16];
 
     memset(&j, 0, sizeof(j));
     j.cfg = cfg;
@@ -468,11 +646,10 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
 
-    if (crypto_random(rnd, sizeof(rnd)) != 0) {
+    if (outbox_new_id(j.submission_id) != LB_OK) {
         response_error(out, LB_ERR_INTERNAL, "no randomness");
         goto out;
     }
-    hex_encode(rnd, sizeof(rnd), j.submission_id);
 
     if (w->dry_run) {
         rec->outcome = "dry_run";
@@ -481,7 +658,11 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
                                 "payloads", dry_run_payloads(&j, action)));
         goto out;
     }
-    deliver(&j, action, out, rec);
+    if (w->outbox == NULL) {
+        response_error(out, LB_ERR_UNAVAILABLE, "no outbox: the spool could not be opened");
+        goto out;
+    }
+    accept_and_deliver(&j, action, &body, out, rec);
 out:
     if (out->body == NULL && out->location == NULL && out->status != 204)
         response_error(out, LB_ERR_NOMEM, NULL);

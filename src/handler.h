@@ -21,8 +21,11 @@
 typedef ssize_t (*body_read_fn)(void *ctx, char *buf, size_t n);
 
 /* What one worker thread owns. */
+struct outbox;
+
 struct worker {
     struct http_client *http;
+    struct outbox *outbox; /* shared by every worker; NULL only for --dry-run */
     bool dry_run;       /* build everything, send nothing, answer with the payloads */
     char request_id[17]; /* the current request's id (for the log record) */
     char detail[256];    /* the current request's log detail (our words only) */

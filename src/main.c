@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -26,16 +27,97 @@
 #include "handler.h"
 #include "http.h"
 #include "log.h"
+#include "outbox.h"
 #include "rules.h"
+#include "target.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/leadbridge/leadbridge.json"
 
 struct server {
     const struct config *cfg;
+    struct outbox *outbox;
     int listen_fd;
     pthread_mutex_t accept_lock;
+    pthread_mutex_t stop_lock;
+    pthread_cond_t stop_cond; /* broadcast when stopping: wakes the retry thread */
     volatile sig_atomic_t stopping;
 };
+
+/* ---- Retries: the outbox's delivery callback ---- */
+
+struct retry_ctx {
+    const struct config *cfg;
+    struct http_client *http;
+};
+
+static enum target_action action_from_name(const char *name)
+{
+    for (int a = 0; a < TARGET_ACTION__MAX; a++)
+        if (name != NULL && strcmp(name, target_action_name((enum target_action)a)) == 0)
+            return (enum target_action)a;
+    return TARGET_ACTION__MAX;
+}
+
+/* Delivers one target of a queued job again, exactly as the request path did. */
+static void retry_deliver(void *arg, const json_t *job, const char *target, const json_t *entry,
+                          struct target_result *result)
+{
+    struct retry_ctx *ctx = arg;
+    const struct target *t = config_find_target(ctx->cfg, target);
+    enum target_action action = action_from_name(
+        json_string_value(json_object_get(entry, "action")));
+
+    if (t == NULL || action == TARGET_ACTION__MAX) {
+        result->outcome = DELIVERY_PERMANENT;
+        snprintf(result->reason, sizeof(result->reason),
+                 "target \"%s\" is no longer configured for this action", target);
+        return;
+    }
+    target_deliver(t, ctx->http, action, json_object_get(entry, "lead"),
+                   json_string_value(json_object_get(entry, "lead_id")),
+                   json_string_value(json_object_get(job, "id")), result);
+}
+
+static void log_run_stats(const struct outbox_run_stats *st)
+{
+    if (st->delivered + st->retried + st->dead + st->done > 0)
+        log_msg(LOG_INFO, "outbox: %zu delivered, %zu done, %zu retried later, %zu dead",
+                st->delivered, st->done, st->retried, st->dead);
+}
+
+/* Background thread: one outbox pass whenever something is due, until stopping. */
+static void *retry_main(void *arg)
+{
+    struct server *s = arg;
+    struct retry_ctx ctx = {s->cfg, http_client_new()};
+
+    if (ctx.http == NULL) {
+        log_msg(LOG_ERROR, "retry worker could not start");
+        return NULL;
+    }
+    while (!s->stopping) {
+        struct outbox_run_stats st;
+        long long now = (long long)time(NULL), wait = 5;
+        struct timespec until;
+
+        memset(&st, 0, sizeof(st));
+        if (outbox_run(s->outbox, now, retry_deliver, &ctx, 64, &st) == LB_OK) {
+            log_run_stats(&st);
+            if (st.next_due >= 0 && st.next_due - now < wait)
+                wait = st.next_due - now;
+        }
+        if (st.delivered + st.retried + st.dead > 0 && wait > 0)
+            wait = 0; /* more may be due: go again at once */
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += wait < 1 ? 1 : wait;
+        pthread_mutex_lock(&s->stop_lock);
+        if (!s->stopping)
+            pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
+        pthread_mutex_unlock(&s->stop_lock);
+    }
+    http_client_free(ctx.http);
+    return NULL;
+}
 
 /* ---- FastCGI streams behind the handler's function types ---- */
 
@@ -103,6 +185,7 @@ static void *worker_main(void *arg)
 
     memset(&w, 0, sizeof(w));
     w.http = http_client_new();
+    w.outbox = s->outbox;
     if (w.http == NULL || FCGX_InitRequest(&req, s->listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
         log_msg(LOG_ERROR, "worker could not start");
         http_client_free(w.http);
@@ -141,7 +224,10 @@ static void *signal_main(void *arg)
         if (sig == SIGUSR1) /* our own wake-up at normal exit */
             break;
         log_msg(LOG_INFO, "signal %d: finishing requests in flight, then stopping", sig);
+        pthread_mutex_lock(&s->stop_lock);
         s->stopping = 1;
+        pthread_cond_broadcast(&s->stop_cond);
+        pthread_mutex_unlock(&s->stop_lock);
         FCGX_ShutdownPending();
         shutdown(s->listen_fd, SHUT_RDWR);
         break;
@@ -174,17 +260,20 @@ static int open_listen_socket(const char *spec)
     return fd;
 }
 
-static int serve_fastcgi(const struct config *cfg, int listen_fd, int threads)
+static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen_fd, int threads)
 {
     struct server s;
-    pthread_t *tids, sig_tid;
+    pthread_t *tids, sig_tid, retry_tid;
     sigset_t set;
     int started = 0;
 
     memset(&s, 0, sizeof(s));
     s.cfg = cfg;
+    s.outbox = ob;
     s.listen_fd = listen_fd;
     pthread_mutex_init(&s.accept_lock, NULL);
+    pthread_mutex_init(&s.stop_lock, NULL);
+    pthread_cond_init(&s.stop_cond, NULL);
 
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -196,6 +285,8 @@ static int serve_fastcgi(const struct config *cfg, int listen_fd, int threads)
     if (pthread_create(&sig_tid, NULL, signal_main, &s) != 0)
         return 1;
 
+    if (ob != NULL && pthread_create(&retry_tid, NULL, retry_main, &s) != 0)
+        return 1;
     tids = calloc((size_t)threads, sizeof(*tids));
     for (int i = 0; tids != NULL && i < threads; i++) {
         if (pthread_create(&tids[i], NULL, worker_main, &s) != 0)
@@ -206,22 +297,32 @@ static int serve_fastcgi(const struct config *cfg, int listen_fd, int threads)
             started, cfg->n_forms);
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
-    if (!s.stopping)
+    if (!s.stopping) {
         pthread_kill(sig_tid, SIGUSR1);
+        pthread_mutex_lock(&s.stop_lock);
+        s.stopping = 1;
+        pthread_cond_broadcast(&s.stop_cond);
+        pthread_mutex_unlock(&s.stop_lock);
+    }
     pthread_join(sig_tid, NULL);
+    if (ob != NULL)
+        pthread_join(retry_tid, NULL);
     free(tids);
     pthread_mutex_destroy(&s.accept_lock);
+    pthread_mutex_destroy(&s.stop_lock);
+    pthread_cond_destroy(&s.stop_cond);
     log_msg(LOG_INFO, "stopped");
     return started == threads ? 0 : 1;
 }
 
 /* Plain CGI (and --dry-run): one request from the environment and stdin. */
-static int serve_cgi(const struct config *cfg, bool dry_run)
+static int serve_cgi(const struct config *cfg, struct outbox *ob, bool dry_run)
 {
     struct worker w;
 
     memset(&w, 0, sizeof(w));
     w.dry_run = dry_run;
+    w.outbox = ob;
     if (!dry_run) {
         w.http = http_client_new();
         if (w.http == NULL)
@@ -234,12 +335,163 @@ static int serve_cgi(const struct config *cfg, bool dry_run)
     return 0;
 }
 
+/* ---- leadbridge queue ... ---- */
+
+struct queue_opts {
+    bool json;
+    bool all;
+    bool dead;
+    bool done;
+    long long older_than_days; /* -1: not given */
+    long long now;             /* the clock (tests may set it with --now) */
+};
+
+static void print_summary(const json_t *j)
+{
+    const char *key;
+    json_t *t;
+    char when[32] = "-";
+    json_int_t next = json_integer_value(json_object_get(j, "next_attempt"));
+    const char *state = json_string_value(json_object_get(j, "state"));
+
+    if (state != NULL && strcmp(state, "queued") == 0 && next > 0) {
+        time_t tt = (time_t)next;
+        struct tm tm;
+
+        gmtime_r(&tt, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    printf("%s  %-6s  %-16s  attempts %-3lld next %-20s", json_string_value(json_object_get(j, "id")),
+           state != NULL ? state : "?", json_string_value(json_object_get(j, "form")),
+           (long long)json_integer_value(json_object_get(j, "attempts")), when);
+    json_object_foreach(json_object_get(j, "targets"), key, t) {
+        const char *err = json_string_value(json_object_get(t, "last_error"));
+
+        printf("  %s=%s", key, json_string_value(json_object_get(t, "status")));
+        if (err != NULL && *err != '\0')
+            printf(" (%s)", err);
+    }
+    putchar('\n');
+}
+
+/* Runs one queue command; returns the exit status. */
+static int queue_command(const struct config *cfg, struct outbox *ob, int argc, char **argv,
+                         const struct queue_opts *o)
+{
+    const char *cmd = argc > 0 ? argv[0] : "list";
+    json_t *j = NULL;
+    size_t count = 0;
+    enum lb_err e;
+
+    if (strcmp(cmd, "list") == 0) {
+        size_t i;
+        json_t *item;
+
+        j = outbox_list(ob);
+        if (j == NULL)
+            return 1;
+        if (o->json) {
+            json_dumpf(j, stdout, JSON_INDENT(2));
+            putchar('\n');
+        } else {
+            json_array_foreach(j, i, item)
+                print_summary(item);
+            if (json_array_size(j) == 0)
+                printf("the outbox is empty\n");
+        }
+        json_decref(j);
+        return 0;
+    }
+    if (strcmp(cmd, "show") == 0) {
+        if (argc < 2 || !outbox_id_valid(argv[1])) {
+            fprintf(stderr, "leadbridge: queue show takes a job id (32 hex digits)\n");
+            return 2;
+        }
+        j = outbox_show(ob, argv[1]);
+        if (j == NULL) {
+            fprintf(stderr, "leadbridge: no job %s\n", argv[1]);
+            return 1;
+        }
+        json_dumpf(j, stdout, JSON_INDENT(2));
+        putchar('\n');
+        json_decref(j);
+        return 0;
+    }
+    if (strcmp(cmd, "retry") == 0) {
+        if (o->all) {
+            e = outbox_retry_all(ob, o->now, &count);
+        } else if (argc >= 2 && outbox_id_valid(argv[1])) {
+            e = outbox_retry(ob, argv[1], o->now);
+            count = e == LB_OK;
+        } else {
+            fprintf(stderr, "leadbridge: queue retry takes a job id or --all\n");
+            return 2;
+        }
+        if (e != LB_OK) {
+            fprintf(stderr, "leadbridge: retry: %s\n", lb_strerror(e));
+            return 1;
+        }
+        printf(o->json ? "{\"retried\": %zu}\n" : "%zu job(s) due now\n", count);
+        return 0;
+    }
+    if (strcmp(cmd, "purge") == 0) {
+        if ((!o->dead && !o->done) || o->older_than_days < 0) {
+            fprintf(stderr, "leadbridge: queue purge takes --dead and/or --done, and "
+                            "--older-than DAYS\n");
+            return 2;
+        }
+        e = outbox_purge(ob, o->dead, o->done, o->older_than_days * 86400, o->now, &count);
+        if (e != LB_OK) {
+            fprintf(stderr, "leadbridge: purge: %s\n", lb_strerror(e));
+            return 1;
+        }
+        printf(o->json ? "{\"purged\": %zu}\n" : "%zu record(s) removed\n", count);
+        return 0;
+    }
+    if (strcmp(cmd, "run") == 0) {
+        struct retry_ctx ctx = {cfg, http_client_new()};
+        struct outbox_run_stats st;
+
+        memset(&st, 0, sizeof(st));
+        if (ctx.http == NULL)
+            return 1;
+        e = outbox_run(ob, o->now, retry_deliver, &ctx, 0, &st);
+        http_client_free(ctx.http);
+        if (e != LB_OK) {
+            fprintf(stderr, "leadbridge: queue run: %s\n", lb_strerror(e));
+            return 1;
+        }
+        if (o->json)
+            printf("{\"delivered\": %zu, \"done\": %zu, \"retried\": %zu, \"dead\": %zu, "
+                   "\"busy\": %zu, \"next_due\": %lld}\n",
+                   st.delivered, st.done, st.retried, st.dead, st.busy, st.next_due);
+        else
+            printf("%zu delivered, %zu done, %zu to retry later, %zu dead, %zu busy\n",
+                   st.delivered, st.done, st.retried, st.dead, st.busy);
+        return 0;
+    }
+    fprintf(stderr, "leadbridge: unknown queue command \"%s\" (list, show, retry, purge, run)\n",
+            cmd);
+    return 2;
+}
+
+/* Whether any form delivers leads (echo forms need no spool). */
+static bool needs_outbox(const struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_forms; i++)
+        if (cfg->forms[i].action != FORM_ECHO)
+            return true;
+    return false;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
             "usage: leadbridge [-c FILE] [-s unix:/PATH | -s HOST:PORT] [-t THREADS]\n"
             "       leadbridge --check [-c FILE]\n"
             "       leadbridge --dry-run [-c FILE] < body   (CGI environment)\n"
+            "       leadbridge queue list|show ID|retry ID|retry --all|run [--json] [-c FILE]\n"
+            "       leadbridge queue purge --dead|--done --older-than DAYS [-c FILE]\n"
             "\n"
             "Turns website form posts into leads in lead-management APIs. Runs as a FastCGI\n"
             "responder (own socket with -s, inherited socket on fd 0, or systemd's LISTEN_FDS)\n"
@@ -251,6 +503,8 @@ static void usage(FILE *out)
             "      --check         check the configuration and exit\n"
             "      --dry-run       read one request as CGI does, print the lead and the payload\n"
             "                      each target would receive; send nothing\n"
+            "      --json          queue commands: answer in JSON\n"
+            "      --all, --dead, --done, --older-than DAYS   see leadbridge(8)\n"
             "  -v, --verbose       log debug messages\n"
             "  -V, --version       print the version\n"
             "  -h, --help          this text\n"
@@ -265,6 +519,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'}, {"check", no_argument, NULL, 'C'},
         {"dry-run", no_argument, NULL, 'D'},       {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},       {"help", no_argument, NULL, 'h'},
+        {"json", no_argument, NULL, 'J'},          {"all", no_argument, NULL, 'A'},
+        {"dead", no_argument, NULL, 'X'},          {"done", no_argument, NULL, 'Y'},
+        {"older-than", required_argument, NULL, 'O'}, {"now", required_argument, NULL, 'N'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = getenv("LEADBRIDGE_CONFIG");
@@ -272,6 +529,9 @@ int main(int argc, char **argv)
     bool check = false, dry_run = false;
     int threads = 0, opt, rc = 1, listen_fd = 0;
     struct config *cfg = NULL;
+    struct outbox *ob = NULL;
+    struct queue_opts qo = {false, false, false, false, -1, (long long)time(NULL)};
+    bool queue = false;
     struct diag d;
     const char *listen_pid;
 
@@ -293,12 +553,35 @@ int main(int argc, char **argv)
         case 'C': check = true; break;
         case 'D': dry_run = true; break;
         case 'v': log_set_level(LOG_DEBUG); break;
+        case 'J': qo.json = true; break;
+        case 'A': qo.all = true; break;
+        case 'X': qo.dead = true; break;
+        case 'Y': qo.done = true; break;
+        case 'O':
+        case 'N': {
+            char *end;
+            long long n = strtoll(optarg, &end, 10);
+
+            if (*end != '\0' || n < 0) {
+                fprintf(stderr, "leadbridge: --%s takes a whole number\n",
+                        opt == 'O' ? "older-than" : "now");
+                return 2;
+            }
+            if (opt == 'O')
+                qo.older_than_days = n;
+            else
+                qo.now = n;
+            break;
+        }
         case 'V': printf("leadbridge %s\n", PACKAGE_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "queue") == 0) {
+        queue = true;
+        optind++;
+    } else if (optind < argc) {
         fprintf(stderr, "leadbridge: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
         return 2;
@@ -323,12 +606,25 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     }
+    if (queue || (!dry_run && needs_outbox(cfg))) {
+        struct lb_error err = {LB_OK, ""};
+
+        ob = outbox_open(cfg->spool_dir, &cfg->outbox, &err);
+        if (ob == NULL) {
+            fprintf(stderr, "leadbridge: spool %s: %s\n", cfg->spool_dir, err.message);
+            goto out;
+        }
+    }
+    if (queue) {
+        rc = queue_command(cfg, ob, argc - optind, argv + optind, &qo);
+        goto out;
+    }
     if (FCGX_Init() != 0) {
         fprintf(stderr, "leadbridge: FastCGI library could not start\n");
         goto out;
     }
     if (dry_run) {
-        rc = serve_cgi(cfg, true);
+        rc = serve_cgi(cfg, NULL, true);
         goto out;
     }
     if (threads == 0)
@@ -348,11 +644,12 @@ int main(int argc, char **argv)
                             "FastCGI, or see --help\n");
             goto out;
         }
-        rc = serve_cgi(cfg, false);
+        rc = serve_cgi(cfg, ob, false);
         goto out;
     }
-    rc = serve_fastcgi(cfg, listen_fd, threads);
+    rc = serve_fastcgi(cfg, ob, listen_fd, threads);
 out:
+    outbox_close(ob);
     diag_free(&d);
     config_free(cfg);
     curl_global_cleanup();

@@ -1,0 +1,91 @@
+/*
+ * config.h: the JSON configuration, loaded and checked once at start, read-only afterwards.
+ *
+ * config_load() reads the file, expands ${VAR} and ${VAR:-default} in every string value, checks
+ * every key (unknown keys are mistakes), compiles each form's rules and configures each target.
+ * Every mistake is reported through struct diag with file, line, column and JSON path.
+ * The conf_* helpers are for modules that read their own part of the file (rules, targets,
+ * outbox): each reports a mistake under path and returns the default.
+ */
+#ifndef LB_CONFIG_H
+#define LB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "attribution.h"
+#include "diag.h"
+#include "outbox.h"
+
+struct ruleset;
+struct target;
+
+enum form_action { FORM_ECHO = 0, FORM_CREATE, FORM_VALUATION, FORM_UPDATE, FORM_ACTION__MAX };
+
+struct form {
+    char *name;
+    char *path;
+    enum form_action action;
+    struct target **targets; /* borrowed from struct config */
+    size_t n_targets;
+    struct ruleset *rules;
+    char **origins;          /* allowed Origin values ("https://example.com"); empty: any */
+    size_t n_origins;
+    char *success_page;      /* absolute URLs for plain-HTML posts; NULL: answer JSON */
+    char *error_page;
+    size_t body_limit;
+    char *webhook_secret;    /* shared secret for server-to-server update calls; NULL: none */
+};
+
+struct config {
+    char *file;
+    char *secret;            /* HMAC key for lead references */
+    long long ref_ttl;       /* seconds a lead reference stays valid */
+    char *spool_dir;         /* the outbox (default LOCALSTATEDIR/spool/leadbridge) */
+    struct outbox_conf outbox;
+    size_t body_limit;       /* default for forms */
+    int threads;             /* default worker threads */
+    struct attribution_conf attribution;
+    struct target *targets;
+    size_t n_targets;
+    struct form *forms;
+    size_t n_forms;
+    json_t *root;            /* the parsed document after ${VAR} expansion */
+};
+
+/* Loads and checks path. Returns NULL with the reasons in d (the caller prints them). */
+struct config *config_load(const char *path, struct diag *d);
+/* Same from text in memory (tests); file names the text in messages. */
+struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d);
+void config_free(struct config *c);
+
+/* The form whose path equals path, or NULL. */
+const struct form *config_find_form(const struct config *c, const char *path);
+/* The target named name, or NULL. */
+const struct target *config_find_target(const struct config *c, const char *name);
+const char *form_action_name(enum form_action a);
+
+/*
+ * Expands ${VAR} and ${VAR:-default} in s. Returns a new string (caller frees) or NULL, with
+ * *missing set to the unset variable's name (a static copy, at most 127 bytes) or "" on bad syntax.
+ */
+char *conf_expand_env(const char *s, char *missing, size_t missing_size);
+
+/* Writes parent + "." + key (or parent + "[index]") into out. */
+void conf_path(char *out, size_t size, const char *parent, const char *key);
+void conf_path_index(char *out, size_t size, const char *parent, size_t index);
+/* Reports every key of obj not in allowed (NULL-terminated). */
+void conf_check_keys(const json_t *obj, const char *path, const char *const *allowed,
+                     struct diag *d);
+/* Borrowed string or dflt; reports a wrong type, and a missing key when required. */
+const char *conf_string(const json_t *obj, const char *key, const char *path, const char *dflt,
+                        bool required, struct diag *d);
+long long conf_integer(const json_t *obj, const char *key, const char *path, long long dflt,
+                       long long min, long long max, struct diag *d);
+double conf_number(const json_t *obj, const char *key, const char *path, double dflt, double min,
+                   double max, struct diag *d);
+bool conf_bool(const json_t *obj, const char *key, const char *path, bool dflt, struct diag *d);
+
+#endif
