@@ -1,0 +1,526 @@
+"""test_leadpro.py: the LeadPro target end to end (issue 4): nginx → bridge → stand-in LeadPro.
+
+Sample: the shipped conf/leadbridge.json and www/ pages: a contact lead with its UTMs and host, a
+valuation with the numbers back to scripts and (through nginx SSI) on the result page, the
+two-step update landing on the same lead, refused references (tampered 403, expired 410) and
+local validation, none of which reach the API.
+Failures: conf/leadpro.json (1 s target timeout): each upstream failure class, API refusals
+passed on without the API key, every LeadPro id shape with the 64-bit id exact through the
+reference, and the authenticated server-to-server update.
+
+Helpers added here (not in harness.py): sign_ref()/ref_parts() for lead references in the
+bridge's documented format, requests_for() for the stand-in's /_control/requests record.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+import re
+import string
+import time
+import unittest
+import urllib.parse
+import uuid
+
+import harness
+from harness import Stack
+
+API_KEY = "test-leadpro-key"
+LEADPRO = "/leadpro/api/v103"
+BIG_ID = 9007199254740993
+
+
+def token():
+    """A unique value, so each assertion checks this test's own lead."""
+    return uuid.uuid4().hex[:10]
+
+
+def word():
+    """A unique lower-case word (letters only)."""
+    return "".join(random.choice(string.ascii_lowercase) for _ in range(8))
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64url(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def sign_ref(target, lead_id, expires, secret=harness.TEST_SECRET):
+    """A lead reference as leadref.c makes it: b64url(target\\nid\\nexpiry).b64url(HMAC)."""
+    payload = ("%s\n%s\n%d" % (target, lead_id, expires)).encode()
+    mac = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
+    return b64url(payload) + "." + b64url(mac)
+
+
+def ref_parts(ref):
+    """(target, lead id, expiry) from a reference (its signature is not checked here)."""
+    target, lead_id, expiry = unb64url(ref.split(".")[0]).decode().split("\n")
+    return target, lead_id, int(expiry)
+
+
+def update_json(update):
+    """The JSON of one recorded PATCH, with the bridge's own leadbridge_update_id checked and
+    taken out of meta (and meta dropped when nothing else is left)."""
+    j = json.loads(json.dumps(update["json"]))
+    meta = j.get("meta", {})
+    uid = meta.pop("leadbridge_update_id", None)
+    if uid is not None and not re.fullmatch(r"[0-9a-f]{32}", uid):
+        raise AssertionError("leadbridge_update_id %r is not 32 hex digits" % uid)
+    if "meta" in j and not meta:
+        del j["meta"]
+    return j
+
+
+def requests_for(st, api="leadpro"):
+    """Every request the stand-in received for api, refused ones too."""
+    status, obj = st.standin_get("/_control/requests?api=" + api)
+    if status != 200:
+        raise RuntimeError("stand-in /_control/requests answered %d" % status)
+    return obj["requests"]
+
+
+def find_lead(st, needle, api="leadpro"):
+    """The stand-in's records of api whose raw body holds needle."""
+    return [x for x in st.standin_leads(api) if needle in x.get("body", "")]
+
+
+class LeadProCase(unittest.TestCase):
+    config = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.st = Stack(cls.config).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.st.stop()
+
+    def tearDown(self):
+        self.st.standin_mode({"api": "all", "mode": "ok"})
+        self.st._standin("POST", "/_control/id_shape", {"shape": "data"})
+
+    def post(self, path, data, script=True, headers=None, referer=None):
+        h = {"Origin": self.st.web, "User-Agent": "LeadProE2E/1.0"}
+        if referer:
+            h["Referer"] = referer
+        h.update(headers or {})
+        r = self.st.post(path, data, headers=h, script=script)
+        self.assertNoSecret(r)
+        return r
+
+    def assertNoSecret(self, r):
+        text = r.body.decode("utf-8", "replace") + json.dumps(r.headers)
+        self.assertNotIn(API_KEY, text, r)
+
+    def assertCreated(self, r, word_="created"):
+        self.assertEqual(r.status, 200, r)
+        body = r.json()
+        self.assertIs(body.get("ok"), True, body)
+        self.assertEqual(body.get("status"), word_, body)
+        self.assertEqual(body.get("targets"), {"leadpro": word_}, body)
+        self.assertIsInstance(body.get("lead", {}).get("ref"), str, body)
+        return body
+
+    def assertUpstreamFailed(self, r, status, code):
+        """A transient failure: 502/504 with the code, or (outbox wired in) 202 queued. Never a
+        2xx "created"."""
+        body = r.json()
+        self.assertNotEqual(body.get("status"), "created", body)
+        self.assertNotEqual(body.get("targets", {}).get("leadpro"), "created", body)
+        if r.status == 202:
+            self.assertIn(body.get("status"), ("queued", "accepted"), body)
+            return body
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(body["error"]["code"], code, body)
+        self.assertTrue(body["targets"]["leadpro"].startswith("failed: "), body)
+        return body
+
+    def count_requests(self):
+        return len(requests_for(self.st))
+
+
+class Sample(LeadProCase):
+    """The shipped sample config and pages."""
+
+    config = harness.os.path.join(harness.srcdir(), "conf", "leadbridge.json")
+
+    def contact(self, t, w, **over):
+        data = {"name": "Marla %s" % w.capitalize(), "email": "marla.%s@example.com" % t,
+                "phone": "07700 900123", "enquiry": "Buying",
+                "property": "12 Example Street %s" % t, "property_postcode": "de1 1jx",
+                "message": "Viewing please %s" % t, "consent": "yes"}
+        data.update(over)
+        return {k: v for k, v in data.items() if v is not None}
+
+    def valuation_data(self, t, w, **over):
+        data = {"name": "Ada %s" % w.capitalize(), "email": "ada.%s@example.com" % t,
+                "phone": "07700 900456", "address": "1 High St %s, Derby DE1 1JX" % t,
+                "bedrooms": "4", "property_type": "Detached", "purpose": "sell"}
+        data.update(over)
+        return data
+
+    def test_contact_create_with_utms_and_host(self):
+        t, w = token(), word()
+        page = self.st.web + "/contact.html"
+        ref = page + "?utm_source=news%s&utm_medium=email&utm_campaign=spring%s" % (t, t)
+        r = self.post("/lead/contact", self.contact(t, w), referer=ref)
+        self.assertCreated(r)
+        recs = find_lead(self.st, "marla.%s@example.com" % t)
+        self.assertEqual(len(recs), 1, recs)
+        rec = recs[0]
+        self.assertEqual((rec["method"], rec["path"]), ("POST", LEADPRO + "/leads"))
+        self.assertEqual(rec["headers"].get("x-api-key"), "***", rec["headers"])
+        j = rec["json"]
+        self.assertEqual(j["first_name"], "Marla")
+        self.assertEqual(j["last_name"], w.capitalize())
+        self.assertEqual(j["type"], "sale")
+        self.assertEqual(j["advert_postcode"], "DE1 1JX")
+        self.assertEqual(j["advert_address"], "12 Example Street %s" % t)
+        self.assertEqual(j["message"], "Viewing please %s" % t)
+        self.assertIs(j["gdpr_checkbox"], True)
+        self.assertEqual(j["utm_source"], "news" + t)
+        self.assertEqual(j["utm_medium"], "email")
+        self.assertEqual(j["utm_campaign"], "spring" + t)
+        self.assertEqual(j["host"], self.st.web)
+        self.assertEqual(rec["ignored_fields"], [], rec)
+        # the reference names this very lead
+        target, lead_id, expiry = ref_parts(r.json()["lead"]["ref"])
+        self.assertEqual((target, lead_id), ("leadpro", str(rec["id"])))
+        self.assertAlmostEqual(expiry, time.time() + 86400, delta=120)
+
+    def test_contact_plain_post_redirects_to_thanks(self):
+        t, w = token(), word()
+        r = self.post("/lead/contact", self.contact(t, w), script=False)
+        self.assertEqual(r.status, 303, r)
+        loc = r.header("location")
+        self.assertTrue(loc.startswith(self.st.web + "/thanks.html?"), loc)
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+        self.assertEqual(q["status"], ["created"])
+        self.assertNotIn(t, urllib.parse.unquote(loc))
+        self.assertNotIn(w, urllib.parse.unquote(loc).lower())
+        self.assertEqual(len(find_lead(self.st, t)), 1)
+
+    def test_valuation_numbers_for_script_client(self):
+        t, w = token(), word()
+        r = self.post("/lead/valuation", self.valuation_data(t, w))
+        body = self.assertCreated(r)
+        rec = find_lead(self.st, "ada.%s@example.com" % t)[0]
+        self.assertEqual(rec["path"], LEADPRO + "/leads/valuation")
+        self.assertEqual(rec["json"]["type"], "vendor")
+        self.assertEqual(rec["json"]["postcode"], "DE1 1JX")
+        self.assertEqual(rec["json"]["property_bedrooms"], 4)
+        self.assertEqual(rec["json"]["property_type"], "detached")
+        v = rec["valuation"]
+        self.assertEqual(body["valuation"], {
+            "status": "Success",
+            "sale": {"min": v["minimum_sale_estimation"], "avg": v["average_sale_estimation"],
+                     "max": v["maximum_sale_estimation"]},
+            "rent": {"min": v["minimum_rent_estimation"], "avg": v["average_rent_estimation"],
+                     "max": v["maximum_rent_estimation"]}})
+
+    def test_valuation_plain_post_numbers_on_page_then_step_two_updates_same_lead(self):
+        t, w = token(), word()
+        r = self.post("/lead/valuation", self.valuation_data(t, w, bedrooms="2"), script=False)
+        self.assertEqual(r.status, 303, r)
+        loc = r.header("location")
+        self.assertTrue(loc.startswith(self.st.web + "/valuation-result.html?"), loc)
+        self.assertNotIn(t, urllib.parse.unquote(loc))
+        self.assertNotIn("ada.", urllib.parse.unquote(loc))
+        rec = find_lead(self.st, "ada.%s@example.com" % t)[0]
+        v = rec["valuation"]
+        q = {k: vs[0] for k, vs in urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query).items()}
+        want = {"status": "created", "valuation": "Success",
+                "sale_min": v["minimum_sale_estimation"], "sale_avg": v["average_sale_estimation"],
+                "sale_max": v["maximum_sale_estimation"], "rent_min": v["minimum_rent_estimation"],
+                "rent_avg": v["average_rent_estimation"], "rent_max": v["maximum_rent_estimation"]}
+        self.assertEqual({k: q.get(k) for k in want}, {k: str(x) for k, x in want.items()})
+        self.assertEqual(ref_parts(q["lb_ref"])[:2], ("leadpro", str(rec["id"])))
+
+        # the page, through nginx SSI, prints the numbers and carries the reference
+        page = self.st.request("GET", loc[len(self.st.web):])
+        self.assertEqual(page.status, 200, page)
+        html = page.body.decode()
+        for block in ("sale", "rent"):
+            nums = re.findall(r"&pound;(\d+)</strong>",
+                              html.split('id="%s"' % block, 1)[1].split("</div>\n</div>")[0])
+            self.assertEqual(nums, [q[block + "_min"], q[block + "_avg"], q[block + "_max"]])
+        self.assertNotIn('id="no-estimate"', html)
+        hidden = re.search(r'name="lb_ref" value="([^"]*)"', html)
+        self.assertEqual(hidden.group(1), q["lb_ref"])
+
+        # step two, as the page's own form posts it: lands on the SAME lead
+        step2 = {"lb_ref": hidden.group(1), "appointment": "Weekend %s" % t,
+                 "answers[When are you hoping to move?]": "Within 3 months",
+                 "message": "Gate code %s" % t}
+        before = len(self.st.standin_leads("leadpro"))
+        r2 = self.post("/lead/valuation/details", step2, script=False)
+        self.assertEqual(r2.status, 303, r2)
+        self.assertTrue(r2.header("location").startswith(self.st.web + "/thanks.html"), r2)
+        self.assertEqual(len(self.st.standin_leads("leadpro")), before)
+        rec = [x for x in self.st.standin_leads("leadpro") if x["id"] == rec["id"]][0]
+        self.assertEqual(len(rec["updates"]), 1, rec)
+        upd = update_json(rec["updates"][0])
+        self.assertEqual(upd["meta"], {"Preferred appointment": "Weekend %s" % t,
+                                       "Message": "Gate code %s" % t})
+        self.assertEqual(upd["questionnaire"],
+                         [["When are you hoping to move?", "Within 3 months"]])
+        self.assertEqual(rec["state"]["meta"]["Preferred appointment"], "Weekend %s" % t)
+        self.assertEqual(rec["state"]["email"], "ada.%s@example.com" % t)
+        patches = [x for x in requests_for(self.st) if x["method"] == "PATCH" and t in x["body"]]
+        self.assertEqual([x["path"] for x in patches], [LEADPRO + "/leads/%d" % rec["id"]])
+
+    def test_step_two_script_client(self):
+        t, w = token(), word()
+        ref = self.assertCreated(self.post("/lead/valuation", self.valuation_data(t, w)))
+        ref = ref["lead"]["ref"]
+        lead_id = int(ref_parts(ref)[1])
+        r = self.post("/lead/valuation/details", {"lb_ref": ref, "appointment": "Eve " + t})
+        self.assertCreated(r, "updated")
+        rec = [x for x in self.st.standin_leads("leadpro") if x["id"] == lead_id][0]
+        self.assertIn(t, rec["email"] if "email" in rec else rec["state"]["email"])
+        self.assertEqual(update_json(rec["updates"][-1])["meta"],
+                         {"Preferred appointment": "Eve " + t})
+
+    def test_tampered_and_expired_references_never_reach_the_api(self):
+        t, w = token(), word()
+        ref = self.assertCreated(self.post("/lead/valuation", self.valuation_data(t, w)))
+        ref = ref["lead"]["ref"]
+        target, lead_id, expiry = ref_parts(ref)
+        payload, mac = ref.split(".")
+        flipped = mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]
+        other_id = b64url(("leadpro\n%d\n%d" % (int(lead_id) + 1, expiry)).encode())
+        bad = {
+            "tampered signature": (payload + "." + flipped, 403, "forbidden"),
+            "other lead, same signature": (other_id + "." + mac, 403, "forbidden"),
+            "wrong secret": (sign_ref("leadpro", lead_id, expiry, "another-secret-0123456789"),
+                             403, "forbidden"),
+            "garbage": ("not-a-ref", 403, "forbidden"),
+            "other target": (sign_ref("lofty", lead_id, expiry), 403, "forbidden"),
+            "expired": (sign_ref("leadpro", lead_id, int(time.time()) - 5), 410, "gone"),
+        }
+        before = self.count_requests()
+        for name, (bad_ref, status, code) in bad.items():
+            with self.subTest(name):
+                r = self.post("/lead/valuation/details",
+                              {"lb_ref": bad_ref, "appointment": "Never " + t})
+                self.assertEqual(r.status, status, r)
+                self.assertEqual(r.json()["error"]["code"], code, r)
+        # a plain post with an expired reference goes back to the page with the code only
+        r = self.post("/lead/valuation/details",
+                      {"lb_ref": bad["expired"][0], "appointment": "Never " + t}, script=False)
+        self.assertEqual(r.status, 303, r)
+        self.assertIn("error=gone", r.header("location"))
+        self.assertEqual(self.count_requests(), before)
+        self.assertNotIn(t, json.dumps(requests_for(self.st)).replace(
+            "ada.%s@example.com" % t, "").replace("1 High St %s" % t, ""))
+        # and the valid one still works (the checks above were about the reference alone)
+        self.assertCreated(self.post("/lead/valuation/details",
+                                     {"lb_ref": ref, "appointment": "Fine"}), "updated")
+
+    def test_local_validation_sale_without_advert_fields(self):
+        t, w = token(), word()
+        before = self.count_requests()
+        r = self.post("/lead/contact", self.contact(t, w, property=None, property_postcode=None))
+        self.assertEqual(r.status, 422, r)
+        err = r.json()["error"]
+        self.assertEqual(err["code"], "invalid_fields")
+        self.assertIn("advert_postcode", err["fields"])
+        self.assertEqual(self.count_requests(), before)
+
+    def test_local_validation_long_first_name(self):
+        t = token()
+        before = self.count_requests()
+        r = self.post("/lead/contact", self.contact(t, "x", name="A" * 51 + " Smith"))
+        self.assertEqual(r.status, 422, r)
+        self.assertEqual(list(r.json()["error"]["fields"]), ["first_name"])
+        ok = self.post("/lead/contact", self.contact(t, "x", name="A" * 50 + " Smith"))
+        self.assertCreated(ok)
+        self.assertEqual(self.count_requests(), before + 1)
+
+    def test_valuation_failed_said_plainly(self):
+        t, w = token(), word()
+        self.st.standin_mode({"api": "leadpro", "mode": "valuation_failed", "count": 2})
+        r = self.post("/lead/valuation", self.valuation_data(t, w))
+        body = self.assertCreated(r)
+        val = body["valuation"]
+        self.assertNotIn("sale", val)
+        self.assertNotIn("rent", val)
+        self.assertNotEqual(val.get("status"), "Success", val)
+        self.assertTrue(val.get("status"), val)
+        self.assertNotIn(": 0", json.dumps(val))
+        r = self.post("/lead/valuation", self.valuation_data(t + "b", w), script=False)
+        self.assertEqual(r.status, 303, r)
+        loc = r.header("location")
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+        self.assertNotEqual(q.get("valuation"), ["Success"], loc)
+        self.assertFalse([k for k in q if k.startswith(("sale_", "rent_"))], loc)
+        html = self.st.request("GET", loc[len(self.st.web):]).body.decode()
+        self.assertIn('id="no-estimate"', html)
+        self.assertNotIn('id="sale"', html)
+        self.assertNotIn('id="rent"', html)
+
+
+class Failures(LeadProCase):
+    """conf/leadpro.json: upstream failure classes, API refusals, id shapes."""
+
+    config = "leadpro.json"
+
+    def lead(self, t, **over):
+        data = {"first_name": "Ada", "last_name": "F" + t, "email": "f.%s@example.com" % t,
+                "phone": "07700 900789", "property_postcode": "DE1 1JX"}
+        data.update(over)
+        return {k: v for k, v in data.items() if v is not None}
+
+    def create_failing(self, mode, status, code, **mode_args):
+        # No count: every request fails until tearDown, so libcurl's own retry of a request on a
+        # kept-alive connection that died (mode "close") meets the failure too.
+        t = token()
+        self.st.standin_mode(dict({"api": "leadpro", "mode": mode}, **mode_args))
+        r = self.post("/lead/create", self.lead(t))
+        body = self.assertUpstreamFailed(r, status, code)
+        self.assertEqual(find_lead(self.st, t), [])
+        return r, body
+
+    def test_error500_is_502(self):
+        r, body = self.create_failing("error500", 502, "upstream_error")
+        if r.status != 202:
+            self.assertIn("500", body["error"]["message"])
+
+    def test_unavailable_is_502(self):
+        self.create_failing("unavailable", 502, "upstream_error")
+
+    def test_ratelimit_is_502_with_retry_after(self):
+        r, body = self.create_failing("ratelimit", 502, "upstream_error", retry_after=7)
+        if r.status != 202:
+            self.assertEqual(r.header("retry-after"), "7", r)
+            self.assertIn("429", body["error"]["message"])
+
+    def test_slow_beyond_timeout_is_504(self):
+        start = time.monotonic()
+        self.create_failing("slow", 504, "upstream_timeout", delay=3)
+        self.assertLess(time.monotonic() - start, 2.9)
+
+    def test_hang_is_504(self):
+        start = time.monotonic()
+        self.create_failing("hang", 504, "upstream_timeout")
+        self.assertLess(time.monotonic() - start, 2.9)
+        self.st.standin_reset()     # releases the hung request
+
+    def test_close_is_502(self):
+        self.create_failing("close", 502, "upstream_error")
+
+    def test_slow_within_timeout_is_created(self):
+        t = token()
+        self.st.standin_mode({"api": "leadpro", "mode": "slow", "delay": 0.3, "count": 1})
+        self.assertCreated(self.post("/lead/create", self.lead(t)))
+        self.assertEqual(len(find_lead(self.st, t)), 1)
+
+    def test_api_refusal_is_422_with_reason_and_no_secret(self):
+        t = token()
+        r = self.post("/lead/create", self.lead(t, office="99"))
+        self.assertEqual(r.status, 422, r)
+        body = r.json()
+        self.assertEqual(body["error"]["code"], "rejected", body)
+        self.assertIn("office id is invalid", body["error"]["message"])
+        self.assertIn("office id is invalid", body["targets"]["leadpro"])
+        refused = [x for x in requests_for(self.st) if t in x["body"]]
+        self.assertEqual([x["status"] for x in refused], [422])
+        self.assertEqual(find_lead(self.st, t), [])
+        # a plain post goes back to the form's error page with the code, nothing personal
+        r = self.post("/lead/create", self.lead(t, office="99"), script=False)
+        self.assertEqual(r.status, 303, r)
+        loc = r.header("location")
+        self.assertTrue(loc.startswith(self.st.web + "/contact.html?"), loc)
+        self.assertIn("error=rejected", loc)
+        self.assertNotIn(t, loc)
+
+    def test_unknown_lead_update_is_refused_by_api(self):
+        t = token()
+        ref = sign_ref("leadpro", "424242", int(time.time()) + 600)
+        r = self.post("/lead/update", {"lb_ref": ref, "note": "n" + t})
+        self.assertEqual(r.status, 422, r)
+        self.assertEqual(r.json()["error"]["code"], "rejected")
+        self.assertIn("not found", r.json()["error"]["message"].lower())
+        patches = [x for x in requests_for(self.st) if t in x["body"]]
+        self.assertEqual([(x["method"], x["path"], x["status"]) for x in patches],
+                         [("PATCH", LEADPRO + "/leads/424242", 404)])
+
+    def test_long_first_name_refused_by_target_validation(self):
+        # no max_length rule in this form: the LeadPro target's own check refuses it
+        t = token()
+        before = self.count_requests()
+        r = self.post("/lead/create", self.lead(t, first_name="B" * 51))
+        self.assertEqual(r.status, 422, r)
+        self.assertEqual(r.json()["error"]["code"], "invalid_fields")
+        self.assertEqual(list(r.json()["error"]["fields"]), ["first_name"])
+        r = self.post("/lead/create", self.lead(t, enquiry="Selling", property_postcode=None))
+        self.assertEqual(r.status, 422, r)
+        self.assertIn("postcode", r.json()["error"]["fields"])
+        self.assertEqual(self.count_requests(), before)
+
+    def check_shape(self, shape, first_id=None):
+        t = token()
+        self.st.standin_reset()
+        status, _ = self.st._standin("POST", "/_control/id_shape", {"shape": shape})
+        self.assertEqual(status, 200)
+        body = self.assertCreated(self.post("/lead/create", self.lead(t)))
+        rec = find_lead(self.st, t)[0]
+        if first_id is not None:
+            self.assertEqual(rec["id"], first_id)
+        self.assertEqual(ref_parts(body["lead"]["ref"])[:2], ("leadpro", str(rec["id"])))
+        r = self.post("/lead/update", {"lb_ref": body["lead"]["ref"], "note": "u" + t,
+                                       "answers[Beds?]": "3"})
+        self.assertCreated(r, "updated")
+        patches = [x for x in requests_for(self.st) if x["method"] == "PATCH"]
+        self.assertEqual([(x["path"], x["status"]) for x in patches],
+                         [(LEADPRO + "/leads/%d" % rec["id"], 200)])
+        rec = find_lead(self.st, t)[0]
+        self.assertEqual(update_json(rec["updates"][0]),
+                         {"meta": {"Note": "u" + t}, "questionnaire": [["Beds?", "3"]]})
+
+    def test_id_shape_data(self):
+        self.check_shape("data")
+
+    def test_id_shape_top(self):
+        self.check_shape("top")
+
+    def test_id_shape_string(self):
+        self.check_shape("string")
+
+    def test_id_shape_big_exact(self):
+        self.check_shape("big", BIG_ID)
+
+    def test_server_to_server_update_with_shared_secret(self):
+        t = token()
+        self.assertCreated(self.post("/lead/create", self.lead(t)))
+        lead_id = find_lead(self.st, t)[0]["id"]
+        before = self.count_requests()
+        bad = self.post("/lead/update", {"lb_lead_id": str(lead_id), "note": "x" + t},
+                        headers={"Authorization": "Bearer wrong-secret"})
+        self.assertEqual(bad.status, 403, bad)
+        self.assertEqual(self.count_requests(), before)
+        ok = self.post("/lead/update", {"lb_lead_id": str(lead_id), "note": "s2s" + t},
+                       headers={"Authorization": "Bearer " + harness.TEST_SECRET})
+        self.assertCreated(ok, "updated")
+        rec = find_lead(self.st, t)[0]
+        self.assertEqual(update_json(rec["updates"][-1])["meta"], {"Note": "s2s" + t})
+
+    def test_bridge_log_holds_no_key_and_no_personal_data(self):
+        t = token()
+        self.st.standin_mode({"api": "leadpro", "mode": "error500", "count": 1})
+        self.post("/lead/create", self.lead(t))
+        self.post("/lead/create", self.lead(t, office="99"))
+        self.post("/lead/create", self.lead(t))
+        log = "\n".join(self.st.log_lines())
+        self.assertNotIn(API_KEY, log)
+        self.assertNotIn(t, log)
+        self.assertNotIn("f.%s@example.com" % t, log)
+
+
+if __name__ == "__main__":
+    unittest.main()
