@@ -1,1 +1,266 @@
-/* outbox.h: being written (durable outbox, issue 6). */
+/*
+ * outbox.h: the durable outbox. No accepted lead is ever lost.
+ *
+ * A spool directory (config "spool") holds one JSON file per submission ("job"):
+ *
+ *   tmp/    files being written (name <id>.<pid>.<random>); garbage after a crash, removed when
+ *           older than an hour (by ctime: their mtime is set, see below)
+ *   queue/  <id>.json: jobs waiting for delivery (or being delivered right now)
+ *   done/   <id>.json: small records of delivered jobs (no lead, no personal data)
+ *   dead/   <id>.json: dead letters (the whole job plus "dead_reason"), <id>.corrupt: unreadable
+ *           job files kept as they were for a person to look at
+ *   keys/   <sha256 hex of key>.json: Idempotency-Key values and content fingerprints → job id
+ *
+ * Every file is written to tmp/, fsynced, then renamed (or hard-linked, when it must not replace
+ * anything) into place and the directory fsynced, after Postfix and maildir. When outbox_put()
+ * returns LB_OK the job survives a crash or power loss. The spool must be on a local POSIX file
+ * system that supports hard links and flock(2).
+ *
+ * A job file:
+ *   {"id": "<32 hex>", "form": "<form name>", "created": <epoch s>, "attempts": <n>,
+ *    "next_attempt": <epoch s>,
+ *    "targets": {"<target name>": {"action": "create|valuation|update", "lead": {...},
+ *                                  "lead_id": "<optional, for updates>",
+ *                                  "status": "pending|delivered|dead", "attempts": <n>,
+ *                                  "last_error": "...", "last_status": <http status>,
+ *                                  "retry_after": <s, optional>,
+ *                                  "result": {"lead_id": "...", "valuation": {...}}}},
+ *    "response": <optional: the first answer given to the page, replayed to duplicates>,
+ *    "dead_reason": "...", "finished": <epoch s>      (dead and done records only)}
+ * Anything else the caller adds at the top level or in a target (for example "fingerprint" or
+ * "idempotency_key_hash") is kept in queued and dead jobs and dropped from done records.
+ * outbox_job_new() and outbox_job_add_target() build the skeleton.
+ *
+ * Delivery is at least once: a job is claimed (flock on its file, held for the delivery; the
+ * kernel drops it when the process dies, even by SIGKILL) so one worker at a time delivers it,
+ * across threads and processes. If a worker dies mid-delivery the job is delivered again later,
+ * always with the same submission id, so the APIs can recognise the retry.
+ *
+ * The struct outbox is read-only after outbox_open(): threads may share it. A claim belongs to
+ * one thread at a time. Nothing sleeps (the keys/ lock is held only for a few file operations)
+ * and nothing here starts a thread: the caller runs outbox_run() in its own background thread
+ * or from `leadbridge queue run`. The clock is always a parameter (`now`, seconds since the epoch).
+ */
+#ifndef LB_OUTBOX_H
+#define LB_OUTBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "diag.h"
+#include "err.h"
+#include "target.h"
+
+#define OUTBOX_ID_LEN 32                 /* submission ids are 32 lowercase hex digits */
+#define OUTBOX_ID_SIZE (OUTBOX_ID_LEN + 1)
+#define OUTBOX_SCHEDULE_MAX 32
+#define OUTBOX_FILE_MAX (1024 * 1024)    /* no spool file is read or written past this size */
+
+struct outbox_conf {
+    long long schedule[OUTBOX_SCHEDULE_MAX]; /* seconds before retry n+1; the last one repeats */
+    size_t n_schedule;                       /* >= 1 */
+    long long max_age;          /* seconds from "created" after which a job goes to dead/ */
+    double jitter;              /* each delay is multiplied by 1 ± up to this fraction */
+    long long done_retention;   /* seconds done records (and idempotency keys) are kept */
+    long long dead_retention;   /* seconds dead letters are kept */
+    long long duplicate_window; /* seconds a content fingerprint ("fp:" key) stays valid */
+    long long tmp_max_age;      /* wall-clock seconds before a tmp/ file is crash garbage (not
+                                   in the config file; tests lower it) */
+};
+
+/*
+ * Defaults: schedule 5, 60, 300, 1800, 7200, 18000, 36000 (then every 36000), max_age 5 days,
+ * jitter 0.1, done_retention 7 days, dead_retention 30 days, duplicate_window 300,
+ * tmp_max_age 3600.
+ */
+void outbox_conf_default(struct outbox_conf *c);
+/*
+ * Reads the config object "outbox" (borrowed; NULL gives the defaults) found at path into *out:
+ * keys "retry_schedule" (array of seconds, 1..32 entries, each 1..2592000), "max_age",
+ * "jitter" (0..1), "done_retention", "dead_retention" (seconds, 0..10 years) and
+ * "duplicate_window" (0..1 day). Mistakes go to d and leave the default in place.
+ */
+void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
+                           struct outbox_conf *out);
+
+struct outbox;       /* opaque; shared read-only between threads */
+struct outbox_claim; /* opaque; one job held by one worker */
+
+enum outbox_state {
+    OUTBOX_QUEUED = 0,
+    OUTBOX_DONE,
+    OUTBOX_DEAD,
+    OUTBOX_UNKNOWN,
+    OUTBOX_STATE__MAX
+};
+
+/* "queued", "done", "dead", "unknown". */
+const char *outbox_state_name(enum outbox_state s);
+
+/*
+ * Opens the spool at dir, creating it and its subdirectories (mode 0700) when missing, and
+ * removes tmp/ files older than an hour. conf is copied (NULL: defaults). Returns a new outbox
+ * (free with outbox_close) or NULL with err set.
+ */
+struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, struct lb_error *err);
+/* Frees ob; NULL is a no-op. Claims must be finished or released first. */
+void outbox_close(struct outbox *ob);
+/* The spool directory (borrowed). */
+const char *outbox_dir(const struct outbox *ob);
+
+/* Whether id is exactly 32 lowercase hex digits. Every id is checked before it touches a path. */
+bool outbox_id_valid(const char *id);
+/* Writes a new random id (32 hex + NUL) into out. Returns LB_OK or LB_ERR_INTERNAL. */
+enum lb_err outbox_new_id(char out[OUTBOX_ID_SIZE]);
+
+/*
+ * Job skeleton {"id", "form", "created": now, "attempts": 0, "next_attempt": now,
+ * "targets": {}}. Returns a new reference (caller json_decref's) or NULL on a bad id or no memory.
+ */
+json_t *outbox_job_new(const char *id, const char *form, long long now);
+/*
+ * Adds target name to job with action ("create", "valuation", "update"), a deep copy of lead
+ * (borrowed) and lead_id (may be NULL), status "pending", attempts 0.
+ */
+enum lb_err outbox_job_add_target(json_t *job, const char *name, const char *action,
+                                  const json_t *lead, const char *lead_id);
+
+/*
+ * Writes job (borrowed) durably into queue/<id>.json: tmp, write, fsync, link, fsync dir.
+ * Missing "attempts", "next_attempt" (= created), target "status" ("pending") and "attempts" are
+ * filled in. Only after LB_OK may the page be told "accepted". Returns LB_ERR_CONFLICT when a job
+ * with that id exists already (queued, done or dead), LB_ERR_BAD_REQUEST when job lacks a valid
+ * id, an integer "created" or a non-empty "targets" object, LB_ERR_TOO_LARGE past
+ * OUTBOX_FILE_MAX, LB_ERR_IO on disk errors.
+ */
+enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *err);
+
+/*
+ * Claims queued job id for delivery without waiting. LB_OK: *out is a new claim (end it with
+ * outbox_finish or outbox_release). LB_ERR_CONFLICT: another worker holds it. LB_ERR_NOT_FOUND:
+ * not queued (delivered, dead or unknown). LB_ERR_GONE: the file was unreadable or malformed; it
+ * was moved to dead/ with the reason. LB_ERR_IO otherwise.
+ */
+enum lb_err outbox_claim(struct outbox *ob, const char *id, struct outbox_claim **out);
+/* The claimed job (borrowed, valid until the claim ends; read it, do not change it). */
+const json_t *outbox_claim_job(const struct outbox_claim *c);
+/* The claimed job's id (borrowed). */
+const char *outbox_claim_id(const struct outbox_claim *c);
+/*
+ * Records the outcome of one delivery of target in the claim (in memory until outbox_save or
+ * outbox_finish): DELIVERY_OK → "delivered" with result.lead_id / result.valuation (copied);
+ * DELIVERY_TRANSIENT → stays "pending", its attempts, last_error, last_status, retry_after set;
+ * DELIVERY_PERMANENT → "dead" with last_error and last_status. Returns LB_ERR_NOT_FOUND for an
+ * unknown target, LB_ERR_NOMEM.
+ */
+enum lb_err outbox_record(struct outbox_claim *c, const char *target,
+                          const struct target_result *result, long long now);
+/* Stores response (borrowed; copied) in the claimed job unless it already has one. */
+enum lb_err outbox_claim_set_response(struct outbox_claim *c, const json_t *response);
+/*
+ * Writes the claimed job durably as it is now, keeping the claim (the lock moves to the new file
+ * before it is renamed into place). Use after a delivered target when others remain, so a crash
+ * does not deliver it twice.
+ */
+enum lb_err outbox_save(struct outbox_claim *c);
+/*
+ * Ends the claim (always; c is freed, even on error) and files the job:
+ * - no target pending, none dead → done/ (small record: id, form, created, finished, attempts,
+ *   response, targets' action, status, attempts, last_status, lead_id), queue file removed;
+ * - no target pending, some dead → dead/ with "dead_reason" (the first dead target's error);
+ * - targets pending and a transient failure recorded: attempts + 1; when the job is older than
+ *   max_age → dead/ ("gave up after N attempts"); else next_attempt = now + schedule[attempts-1]
+ *   ± jitter, capped at created + max_age, never earlier than now + the largest retry_after;
+ * - targets pending, nothing recorded: written back as recorded so far.
+ * *state (may be NULL) tells where the job went. LB_ERR_IO: the job stays as it was on disk.
+ */
+enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_state *state);
+/* Ends the claim without writing anything; NULL is a no-op. */
+void outbox_release(struct outbox_claim *c);
+
+/*
+ * Delivers one target of job (borrowed, read-only): reads the target's "action", "lead" and
+ * "lead_id" from entry (borrowed) and uses the job's "id" as the submission id. Fills *result
+ * (initialised by the caller with target_result_init; cleared by the caller afterwards).
+ */
+typedef void (*outbox_deliver_fn)(void *ctx, const json_t *job, const char *target,
+                                  const json_t *entry, struct target_result *result);
+
+struct outbox_run_stats {
+    size_t delivered;  /* targets delivered */
+    size_t retried;    /* jobs rescheduled after a transient failure */
+    size_t dead;       /* jobs moved to dead/ (permanent failure, too old, corrupt) */
+    size_t done;       /* jobs moved to done/ */
+    size_t busy;       /* due jobs skipped because another worker held them */
+    long long next_due; /* earliest next_attempt still queued after the pass, or -1 if none */
+};
+
+/*
+ * One pass: applies retention (outbox_expire), then delivers up to limit (0: no limit) due jobs
+ * (next_attempt <= now), oldest submission first, skipping those it cannot claim; for each pending
+ * target calls deliver, records the outcome (saving after a success when others remain) and
+ * finishes the job. Fills *stats (may be NULL). Returns LB_ERR_IO only when the queue cannot be
+ * read at all.
+ */
+enum lb_err outbox_run(struct outbox *ob, long long now, outbox_deliver_fn deliver, void *ctx,
+                       size_t limit, struct outbox_run_stats *stats);
+
+/*
+ * Reserves key (any text; stored only as its SHA-256) for job_id. body_hash (may be NULL: no
+ * comparison) tells whether a repeat carries the same content. Keys starting with "fp:" are
+ * content fingerprints and expire after duplicate_window; others after done_retention.
+ * Race-free across processes: exactly one caller wins a new key.
+ * - LB_OK, *duplicate false: the key is new and now maps to job_id.
+ * - LB_OK, *duplicate true: the key is taken with the same body; existing_id holds its job.
+ * - LB_ERR_CONFLICT: the key is taken with a different body hash; existing_id holds its job.
+ * - LB_ERR_BAD_REQUEST (bad job_id), LB_ERR_IO.
+ */
+enum lb_err outbox_reserve_key(struct outbox *ob, const char *key, const char *body_hash,
+                               const char *job_id, long long now, bool *duplicate,
+                               char existing_id[OUTBOX_ID_SIZE]);
+/* Removes key if it maps to job_id (a reservation whose job was never accepted). */
+enum lb_err outbox_release_key(struct outbox *ob, const char *key, const char *job_id);
+
+/*
+ * Stores response (borrowed) as job id's first answer unless one is stored: in the queued job
+ * (LB_ERR_CONFLICT when another worker holds it), or in its done or dead record.
+ */
+enum lb_err outbox_store_response(struct outbox *ob, const char *id, const json_t *response);
+/*
+ * The stored first answer of job id: a new reference or NULL (none yet, or unknown job).
+ * *state (may be NULL) is where the job is now.
+ */
+json_t *outbox_load_response(struct outbox *ob, const char *id, enum outbox_state *state);
+
+/*
+ * Operator view: a new JSON array of summaries, oldest first, of every queued, dead and done job:
+ * {"id", "form", "state", "attempts", "next_attempt", "created", "finished", "dead_reason",
+ *  "targets": {name: {"status", "attempts", "last_status", "last_error", "lead_id"}}} — no lead
+ * data. NULL on error.
+ */
+json_t *outbox_list(struct outbox *ob);
+/* The job or record id with "state" added: a new reference, or NULL (unknown or unreadable). */
+json_t *outbox_show(struct outbox *ob, const char *id);
+/*
+ * Puts job id back to work now: a dead letter returns to the queue with attempts reset and its
+ * dead targets pending again; a queued job becomes due at now. LB_ERR_NOT_FOUND (also for done
+ * jobs), LB_ERR_CONFLICT (a worker holds it), LB_ERR_GONE (corrupt dead letter), LB_ERR_IO.
+ */
+enum lb_err outbox_retry(struct outbox *ob, const char *id, long long now);
+/* outbox_retry for every dead and queued job; *count (may be NULL) gets how many moved. */
+enum lb_err outbox_retry_all(struct outbox *ob, long long now, size_t *count);
+/*
+ * Deletes dead letters (dead true) and/or done records (done true) that finished more than
+ * older_than seconds before now. *count (may be NULL) gets how many were removed.
+ */
+enum lb_err outbox_purge(struct outbox *ob, bool dead, bool done, long long older_than,
+                         long long now, size_t *count);
+/*
+ * Applies retention: done records past done_retention, dead letters past dead_retention, expired
+ * keys and tmp/ files older than an hour are removed. Called by outbox_run.
+ */
+enum lb_err outbox_expire(struct outbox *ob, long long now);
+
+#endif
