@@ -37,6 +37,7 @@
 #define OUTBOX_CLAIM_TRIES 8        /* inode changes tolerated while claiming */
 #define OUTBOX_KEY_TRIES 8          /* expired keys replaced while reserving */
 #define OUTBOX_KEY_HEX (2 * SHA256_DIGEST_SIZE)
+#define OUTBOX_KEY_GRACE 60         /* seconds a key may point to a job not yet put */
 
 struct outbox {
     char *dir;
@@ -847,10 +848,11 @@ enum lb_err outbox_record(struct outbox_claim *c, const char *target,
     json_t *res;
     enum lb_err e;
 
-    (void)now;
     if (!json_is_object(entry))
         return LB_ERR_NOT_FOUND;
     e = outbox_set_int(entry, "attempts", outbox_int(entry, "attempts", 0) + 1);
+    if (e == LB_OK)
+        e = outbox_set_int(entry, "last_attempt", now);
     if (e == LB_OK)
         e = outbox_set_int(entry, "last_status", result->http_status);
     if (e != LB_OK)
@@ -1328,6 +1330,8 @@ out:
 
 /* ---- duplicate keys ---- */
 
+static json_t *outbox_find(struct outbox *ob, const char *id, enum outbox_state *state);
+
 /* The key's file name: sha256 hex of key + ".json". */
 static void outbox_key_name(const char *key, char name[OUTBOX_KEY_HEX + 8])
 {
@@ -1441,6 +1445,19 @@ enum lb_err outbox_reserve_key(struct outbox *ob, const char *key, const char *b
             if (e != LB_OK)
                 goto out;
             continue;
+        }
+        if (now - outbox_int(k, "created", now) >= OUTBOX_KEY_GRACE) {
+            enum outbox_state where;
+            json_t *job = outbox_find(ob, jid, &where);
+
+            json_decref(job);
+            if (where == OUTBOX_UNKNOWN) {
+                /* Its job was never accepted (a crash between reserve and put) or was purged. */
+                e = outbox_key_remove(ob, name, now, jid);
+                if (e != LB_OK)
+                    goto out;
+                continue;
+            }
         }
         memcpy(existing_id, jid, OUTBOX_ID_SIZE);
         body = json_string_value(json_object_get(k, "body"));

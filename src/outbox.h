@@ -22,6 +22,7 @@
  *    "targets": {"<target name>": {"action": "create|valuation|update", "lead": {...},
  *                                  "lead_id": "<optional, for updates>",
  *                                  "status": "pending|delivered|dead", "attempts": <n>,
+ *                                  "last_attempt": <epoch s>,
  *                                  "last_error": "...", "last_status": <http status>,
  *                                  "retry_after": <s, optional>,
  *                                  "result": {"lead_id": "...", "valuation": {...}}}},
@@ -211,7 +212,8 @@ enum lb_err outbox_run(struct outbox *ob, long long now, outbox_deliver_fn deliv
  * Reserves key (any text; stored only as its SHA-256) for job_id. body_hash (may be NULL: no
  * comparison) tells whether a repeat carries the same content. Keys starting with "fp:" are
  * content fingerprints and expire after duplicate_window; others after done_retention.
- * Race-free across processes: exactly one caller wins a new key.
+ * Race-free across processes: exactly one caller wins a new key. A key older than 60 s whose job
+ * is in none of queue/, done/, dead/ (never put after a crash, or purged) counts as free.
  * - LB_OK, *duplicate false: the key is new and now maps to job_id.
  * - LB_OK, *duplicate true: the key is taken with the same body; existing_id holds its job.
  * - LB_ERR_CONFLICT: the key is taken with a different body hash; existing_id holds its job.

@@ -728,7 +728,11 @@ Test(outbox, corrupt_job_files_become_dead_letters)
     struct outbox_run_stats s;
     const char *ids[] = {"00000000000000000000000000000001", "00000000000000000000000000000002",
                          "00000000000000000000000000000003", "00000000000000000000000000000004"};
-    const char *bodies[] = {"", "{\"id\": \"0000", "[1,2,3]", "{\"id\":\"00000000000000000000000000000009\",\"created\":1,\"attempts\":0,\"next_attempt\":1,\"targets\":{\"a\":{\"status\":\"pending\"}}}"};
+    /* empty, truncated, not an object, and a whole job whose id is not its file name's */
+    const char *bodies[] = {"", "{\"id\": \"0000", "[1,2,3]",
+                            "{\"id\":\"00000000000000000000000000000009\",\"created\":1,"
+                            "\"attempts\":0,\"next_attempt\":1,"
+                            "\"targets\":{\"a\":{\"status\":\"pending\"}}}"};
     char p[256], good[OUTBOX_ID_SIZE];
     size_t i;
     FILE *f;
@@ -779,14 +783,15 @@ Test(outbox, idempotency_keys_and_fingerprints)
 {
     struct outbox_conf conf;
     struct outbox *ob;
-    char a[OUTBOX_ID_SIZE], b[OUTBOX_ID_SIZE], existing[OUTBOX_ID_SIZE];
+    char a[OUTBOX_ID_SIZE], b[OUTBOX_ID_SIZE], c[OUTBOX_ID_SIZE], existing[OUTBOX_ID_SIZE];
     bool dup;
 
     outbox_conf_default(&conf);
     conf.duplicate_window = 300;
     ob = open_spool(&conf);
-    outbox_new_id(a);
-    outbox_new_id(b);
+    put_job(ob, a, T0, one_target);
+    put_job(ob, b, T0, one_target);
+    outbox_new_id(c);
     cr_assert_eq(outbox_reserve_key(ob, "key-1", "h1", a, T0, &dup, existing), LB_OK);
     cr_assert_not(dup);
     cr_assert_eq(outbox_reserve_key(ob, "key-1", "h1", b, T0 + 10, &dup, existing), LB_OK);
@@ -812,6 +817,17 @@ Test(outbox, idempotency_keys_and_fingerprints)
     cr_assert_eq(outbox_release_key(ob, "key-1", a), LB_OK);
     cr_assert_eq(outbox_reserve_key(ob, "key-1", "h1", b, T0 + 20, &dup, existing), LB_OK);
     cr_assert_not(dup);
+
+    /* A key whose job was never put (a crash in between) is free again after a minute. */
+    cr_assert_eq(outbox_reserve_key(ob, "key-2", "h1", c, T0, &dup, existing), LB_OK);
+    cr_assert_eq(outbox_reserve_key(ob, "key-2", "h1", b, T0 + 59, &dup, existing), LB_OK);
+    cr_assert(dup, "still within the grace period");
+    cr_assert_str_eq(existing, c);
+    cr_assert_eq(outbox_reserve_key(ob, "key-2", "h1", b, T0 + 60, &dup, existing), LB_OK);
+    cr_assert_not(dup, "job %s was never put", c);
+    cr_assert_eq(outbox_reserve_key(ob, "key-2", "h1", a, T0 + 1000, &dup, existing), LB_OK);
+    cr_assert(dup, "a key whose job exists stays taken");
+    cr_assert_str_eq(existing, b);
 
     /* Expiry removes old keys. */
     cr_assert_eq(outbox_expire(ob, T0 + 8 * 86400), LB_OK);
