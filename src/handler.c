@@ -414,7 +414,10 @@ static void replay(struct job *j, const char *existing, struct response *out,
     answer_error(j, out, LB_ERR_CONFLICT, "the same submission is still being processed", NULL);
 }
 
-/* "fp:" + SHA-256 over the form, the client and the lead: the same content from the same client. */
+/*
+ * "fp:" + SHA-256 over the form, the client (address and whether it takes JSON or a redirect, so a
+ * replay has the form the client expects) and the lead: the same content from the same client.
+ */
 static void fingerprint(const struct job *j, enum target_action action, char *out, size_t size)
 {
     char *text = json_dumps(j->lead, JSON_COMPACT | JSON_SORT_KEYS);
@@ -424,8 +427,8 @@ static void fingerprint(const struct job *j, enum target_action action, char *ou
     const char *ip = json_string_value(json_object_get(j->attribution, "ip"));
 
     buf_init(&b, 1024 * 1024);
-    buf_printf(&b, "%s\n%d\n%s\n%s\n%s", j->form->name, (int)action, ip != NULL ? ip : "",
-               j->update_lead_id, text != NULL ? text : "");
+    buf_printf(&b, "%s\n%d\n%s\n%d\n%s\n%s", j->form->name, (int)action, ip != NULL ? ip : "",
+               (int)request_wants_json(&j->req), j->update_lead_id, text != NULL ? text : "");
     sha256(b.data != NULL ? b.data : "", b.len, digest);
     hex_encode(digest, sizeof(digest), hex);
     snprintf(out, size, "fp:%s", hex);
