@@ -8,6 +8,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,8 +253,12 @@ fail:
     return NULL;
 }
 
-/* Replaces every string in v (recursively) by its expansion; reports unset variables. */
-static void expand_tree(json_t *v, const char *path, struct diag *d)
+/*
+ * Replaces every string in v (recursively) by its expansion; reports unset variables. A form's
+ * "rules" are not expanded: their replacements use ${1} and ${name}, and secrets have no place
+ * there. level says where v is: 0 the document, 1 the "forms" object, 2 a form, 3 elsewhere.
+ */
+static void expand_tree(json_t *v, const char *path, int level, struct diag *d)
 {
     char p[PATH_SIZE];
 
@@ -262,8 +267,16 @@ static void expand_tree(json_t *v, const char *path, struct diag *d)
         json_t *child;
 
         json_object_foreach(v, key, child) {
+            int next = 3;
+
+            if (level == 0 && strcmp(key, "forms") == 0)
+                next = 1;
+            else if (level == 1)
+                next = 2;
+            else if (level == 2 && strcmp(key, "rules") == 0)
+                continue;
             conf_path(p, sizeof(p), path, key);
-            expand_tree(child, p, d);
+            expand_tree(child, p, next, d);
         }
     } else if (json_is_array(v)) {
         size_t i;
@@ -271,7 +284,7 @@ static void expand_tree(json_t *v, const char *path, struct diag *d)
 
         json_array_foreach(v, i, child) {
             conf_path_index(p, sizeof(p), path, i);
-            expand_tree(child, p, d);
+            expand_tree(child, p, 3, d);
         }
     } else if (json_is_string(v) && strstr(json_string_value(v), "${") != NULL) {
         char missing[128];
@@ -385,6 +398,10 @@ static void check_page(const struct form *f, const char *key, const char *url, c
     olen = url_origin_length(url);
     if (olen == 0 || has_control(url)) {
         diag_add(d, p, "must be an absolute http:// or https:// URL");
+        return;
+    }
+    if (strchr(url, '#') != NULL) {
+        diag_add(d, p, "must not have a #fragment (the answer's parameters are appended)");
         return;
     }
     for (size_t i = 0; i < f->n_origins; i++)
@@ -554,6 +571,17 @@ static void load_attribution(struct config *c, const json_t *obj, struct diag *d
     c->attribution.trusted_proxies =
         (const char *const *)string_array(obj, "trusted_proxies", path, &n, d);
     c->attribution.n_trusted_proxies = n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char addr[sizeof(struct in6_addr)];
+        char p[PATH_SIZE], ip[PATH_SIZE];
+
+        if (inet_pton(AF_INET, c->attribution.trusted_proxies[i], addr) != 1 &&
+            inet_pton(AF_INET6, c->attribution.trusted_proxies[i], addr) != 1) {
+            conf_path(p, sizeof(p), path, "trusted_proxies");
+            conf_path_index(ip, sizeof(ip), p, i);
+            diag_add(d, ip, "must be an IPv4 or IPv6 address");
+        }
+    }
     c->attribution.max_value =
         (size_t)conf_integer(obj, "max_value", path, 512, 16, 4096, d);
 }
@@ -579,7 +607,7 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
         diag_add(d, "", "the configuration must be a JSON object");
         goto fail;
     }
-    expand_tree(c->root, "", d);
+    expand_tree(c->root, "", 0, d);
     conf_check_keys(c->root, "", top_keys, d);
 
     s = conf_string(c->root, "secret", "", NULL, false, d);
