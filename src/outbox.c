@@ -696,12 +696,14 @@ enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *er
         goto out;
     }
     snprintf(name, sizeof(name), "%s.json", id);
+    errno = 0;
     e = outbox_write_json(ob, "queue", name, id, copy, OUTBOX_NOREPLACE,
                           outbox_int(copy, "next_attempt", created), NULL);
     if (e == LB_ERR_CONFLICT)
         lb_fail(err, e, "job %s exists already", id);
     else if (e != LB_OK)
-        lb_fail(err, e, "cannot write job %s to the spool: %s", id, lb_strerror(e));
+        lb_fail(err, e, "cannot write job %s to the spool %s: %s", id, ob->dir,
+                errno != 0 ? strerror(errno) : lb_strerror(e));
 out:
     json_decref(copy);
     return e;
