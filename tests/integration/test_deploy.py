@@ -197,6 +197,8 @@ class Apache:
         os.chmod(binary, 0o755)
         for d in (self.st.dir, self.dir, os.path.join(self.dir, "bin")):
             open_for_others(d)
+        if os.geteuid() == 0:
+            os.chmod(self.st.config, 0o644)
         # The bridges Apache runs have a spool of their own, writable by the user they run as
         # (the spool of the Stack's bridge belongs to the user running the tests).
         spool = os.path.join(self.dir, "spool")
@@ -302,6 +304,10 @@ class ApacheChecks:
     def tearDownClass(cls):
         cls.apache.stop()
         cls.st.stop()
+        log = cls.apache.log()      # the bridges' stderr, up to their exit (leak reports)
+        for m in SANITIZER_MARKERS:
+            if m in log:
+                raise AssertionError("sanitizer report in Apache's error log:\n" + log[-5000:])
 
     def post(self, path, data, content_type="application/x-www-form-urlencoded", headers=None,
              script=True):
@@ -452,32 +458,62 @@ class ApacheFcgid(ApacheChecks, unittest.TestCase):
 
 @unittest.skipIf(APACHE is None, APACHE_MISSING)
 class ApacheFcgidStop(unittest.TestCase):
-    """Stopping Apache stops the FastCGI processes cleanly (SIGTERM, exit 0, no SIGKILL)."""
+    """Stopping Apache stops the FastCGI processes cleanly: mod_fcgid sends SIGTERM and each
+    bridge exits 0 by itself (no SIGKILL)."""
+
+    def setUp(self):
+        self.st = deploy_stack().start()
+        self.addCleanup(self.st.stop)
+        self.ap = Apache(self.st, "fcgid").start()
+        self.addCleanup(self.ap.stop)
+        r = self.st.post("/lead/echo", "a=1", headers={"Origin": self.st.web})
+        self.assertEqual(r.status, 200, r)
+        self.pids = self.ap.bridge_pids()
+        self.assertTrue(self.pids)
+
+    def assertCleanExit(self):
+        self.assertTrue(wait_until(lambda: not any(pid_alive(p) for p in self.pids), 10),
+                        self.pids)
+        log = self.ap.log()
+        self.assertIn('"msg":"stopped"', log, log[-3000:])
+        for pid in self.pids:       # mod_fcgid saw each process exit by itself, with status 0
+            self.assertIn("leadbridge(%d) exit(shutting down), terminated by calling exit(), "
+                          "return code: 0" % pid, log, log[-3000:])
+        self.assertNotIn("SIGKILL", log, log[-3000:])
+        for m in SANITIZER_MARKERS:
+            self.assertNotIn(m, log)
 
     def test_stop(self):
-        st = deploy_stack().start()
-        try:
-            ap = Apache(st, "fcgid").start()
-            try:
-                r = st.post("/lead/echo", "a=1", headers={"Origin": st.web})
-                self.assertEqual(r.status, 200, r)
-                pids = ap.bridge_pids()
-                self.assertTrue(pids)
-            finally:
-                rc = ap.stop()
-            self.assertEqual(rc, 0)
-            self.assertTrue(wait_until(lambda: not any(pid_alive(p) for p in pids), 10), pids)
-            log = ap.log()
-            self.assertIn('"msg":"stopped"', log, log[-3000:])
-            for pid in pids:        # mod_fcgid saw each process exit by itself, with status 0
-                self.assertIn("leadbridge(%d) exit(shutting down), terminated by calling exit(), "
-                              "return code: 0" % pid, log, log[-3000:])
-            self.assertNotIn("SIGKILL", log, log[-3000:])
-            for m in SANITIZER_MARKERS:
-                self.assertNotIn(m, log)
-        finally:
-            st.stop()
+        self.assertEqual(self.ap.stop(), 0)
+        self.assertCleanExit()
 
+    def test_graceful_stop_finishes_request_in_flight(self):
+        # apachectl graceful-stop (SIGWINCH) with a create whose API call takes 3 s in flight
+        self.st.standin_mode({"api": "leadpro", "mode": "slow", "delay": 3, "count": 1})
+        result = {}
+
+        def create():
+            try:
+                result["r"] = self.st.post("/lead/create", CREATE_FIELDS,
+                                           headers={"Origin": self.st.web})
+            except OSError as e:
+                result["r"] = e
+
+        t = threading.Thread(target=create)
+        t.start()
+        self.assertTrue(wait_until(lambda: len(self.st._standin(
+            "GET", "/_control/requests?api=leadpro")[1]["requests"]) == 1, timeout=10),
+            "the create did not reach the stand-in")
+        self.ap.proc.send_signal(signal.SIGWINCH)
+        t.join(timeout=30)
+        self.assertFalse(t.is_alive())
+        r = result.get("r")
+        self.assertIsInstance(r, harness.Response, r)
+        self.assertEqual(r.status, 200, "%r\n%s" % (r, self.ap.log()[-3000:]))
+        self.assertEqual(r.json().get("status"), "created", r)
+        self.assertEqual(self.ap.proc.wait(timeout=WAIT), 0)
+        self.assertCleanExit()
+        self.assertEqual(len(self.st.standin_leads("leadpro")), 1)
 
 
 # ---------------------------------------------------------------------------------------------
