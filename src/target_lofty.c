@@ -101,6 +101,11 @@ static const char *const lofty_tag_attribution[] = {
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id", "host",
 };
 
+/* Attribution too long for a tag: in "tags" mode it goes into the note as "name: value" lines. */
+static const char *const lofty_note_attribution[] = {
+    "gclid", "fbclid", "msclkid", "landing_page", "referrer",
+};
+
 /* Attribution sent as text custom attributes of the same name (attribution "custom_attributes"). */
 static const char *const lofty_custom_attribution[] = {
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id", "gclid",
@@ -842,6 +847,13 @@ static enum lb_err lofty_payload(const struct lofty *lf, enum target_action acti
         e = lofty_set_new(payload, "segments", json_deep_copy(segments));
     if (e == LB_OK)
         e = lofty_build_property(lead, payload);
+    /* Tags hold 64 characters: in tags mode the long attribution values go in the note, whole. */
+    for (size_t i = 0; e == LB_OK && lf->attribution == LOFTY_ATTR_TAGS &&
+                       i < N_ELEMENTS(lofty_note_attribution); i++) {
+        s = lofty_text(lead, lofty_note_attribution[i]);
+        if (s != NULL)
+            e = buf_printf(&note, "%s: %s\n", lofty_note_attribution[i], s);
+    }
     if (e == LB_OK)
         e = lofty_build_content(action, lead, submission_id, &note, payload);
     if (e == LB_OK)

@@ -337,7 +337,7 @@ class Stack:
             "LEADPING_SOURCE_ID": "test-source",
             "LEADPING_SOURCE_KEY": "test-source-key",
             "LEADPING_TOKEN": "lp_src_test",
-            "LOFTY_URL": s + "/lofty/v1.0",
+            "LOFTY_URL": s + "/lofty",
             "LOFTY_API_KEY": "test-lofty-key",
             "LOFTY_TOKEN": "test-lofty-oauth",
             "WEBHOOK_URL": s + "/webhook/test",
