@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,10 @@ struct server {
     const struct config *cfg;
     struct outbox *outbox;
     int listen_fd;
+    bool own_socket;          /* opened with -s: shutdown() may wake accept(); else it is shared */
+    pthread_t accepter;       /* the worker inside FCGX_Accept_r, when in_accept */
+    atomic_int in_accept;
+    atomic_int running;       /* workers not yet finished */
     pthread_mutex_t accept_lock;
     pthread_mutex_t stop_lock;
     pthread_cond_t stop_cond; /* broadcast when stopping: wakes the retry thread */
@@ -189,13 +194,17 @@ static void *worker_main(void *arg)
     if (w.http == NULL || FCGX_InitRequest(&req, s->listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
         log_msg(LOG_ERROR, "worker could not start");
         http_client_free(w.http);
+        atomic_fetch_sub(&s->running, 1);
         return NULL;
     }
     for (;;) {
         int rc;
 
         pthread_mutex_lock(&s->accept_lock);
+        s->accepter = pthread_self();
+        atomic_store(&s->in_accept, 1);
         rc = s->stopping ? -1 : FCGX_Accept_r(&req);
+        atomic_store(&s->in_accept, 0);
         pthread_mutex_unlock(&s->accept_lock);
         if (rc < 0)
             break;
@@ -205,7 +214,14 @@ static void *worker_main(void *arg)
     FCGX_Free(&req, 0);
     http_client_free(w.http);
     rules_thread_cleanup();
+    atomic_fetch_sub(&s->running, 1);
     return NULL;
+}
+
+/* SIGUSR2 only interrupts accept() (installed without SA_RESTART); there is nothing to do. */
+static void wake_handler(int sig)
+{
+    (void)sig;
 }
 
 /* Waits for SIGTERM/SIGINT/SIGHUP, then wakes every thread blocked in accept(). */
@@ -229,7 +245,20 @@ static void *signal_main(void *arg)
         pthread_cond_broadcast(&s->stop_cond);
         pthread_mutex_unlock(&s->stop_lock);
         FCGX_ShutdownPending();
-        shutdown(s->listen_fd, SHUT_RDWR);
+        if (s->own_socket) {
+            shutdown(s->listen_fd, SHUT_RDWR);
+        } else {
+            /* A shared socket (spawn-fcgi -F, systemd) must keep listening for the other
+             * processes and the next start: interrupt our accept() instead, until every worker
+             * has seen that we are stopping. */
+            struct timespec pause = {0, 20 * 1000 * 1000};
+
+            while (atomic_load(&s->running) > 0) {
+                if (atomic_load(&s->in_accept))
+                    pthread_kill(s->accepter, SIGUSR2);
+                nanosleep(&pause, NULL);
+            }
+        }
         break;
     }
     return NULL;
@@ -260,8 +289,10 @@ static int open_listen_socket(const char *spec)
     return fd;
 }
 
-static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen_fd, int threads)
+static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen_fd,
+                         bool own_socket, int threads)
 {
+    struct sigaction wake;
     struct server s;
     pthread_t *tids, sig_tid, retry_tid;
     sigset_t set;
@@ -271,6 +302,13 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen
     s.cfg = cfg;
     s.outbox = ob;
     s.listen_fd = listen_fd;
+    s.own_socket = own_socket;
+    atomic_init(&s.in_accept, 0);
+    atomic_init(&s.running, threads);
+    memset(&wake, 0, sizeof(wake));
+    wake.sa_handler = wake_handler;
+    sigemptyset(&wake.sa_mask);
+    sigaction(SIGUSR2, &wake, NULL); /* no SA_RESTART: accept() returns EINTR */
     pthread_mutex_init(&s.accept_lock, NULL);
     pthread_mutex_init(&s.stop_lock, NULL);
     pthread_cond_init(&s.stop_cond, NULL);
@@ -293,6 +331,7 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen
             break;
         started++;
     }
+    atomic_fetch_sub(&s.running, threads - started);
     log_msg(LOG_INFO, "leadbridge %s serving FastCGI with %d threads, %zu forms", PACKAGE_VERSION,
             started, cfg->n_forms);
     for (int i = 0; i < started; i++)
@@ -647,7 +686,7 @@ int main(int argc, char **argv)
         rc = serve_cgi(cfg, ob, false);
         goto out;
     }
-    rc = serve_fastcgi(cfg, ob, listen_fd, threads);
+    rc = serve_fastcgi(cfg, ob, listen_fd, socket_spec != NULL, threads);
 out:
     outbox_close(ob);
     diag_free(&d);

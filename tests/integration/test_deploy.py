@@ -745,12 +745,10 @@ class SpawnFcgi(unittest.TestCase):
                 self.assertNotIn(m, log)
         self.assertEqual(len(self.st.standin_leads("leadpro")), 1)
 
-    @unittest.expectedFailure
     def test_sigterm_to_one_process_leaves_the_other_serving(self):
         # e.g. a supervisor replacing one process at a time: the other keeps the shared socket.
-        # KNOWN BUG (remove this marker once fixed): the process that gets SIGTERM calls
-        # shutdown() on the listening socket all the processes share, so the others' accept()
-        # fails and they exit too (and nothing listens on the port any more).
+        # The process that gets SIGTERM must not shutdown() the listening socket all the
+        # processes share: the others keep accepting on it.
         self.assertEqual([s for s in self.spread(20) if s != 200], [])
         gone, other = self.pids
         os.kill(gone, signal.SIGTERM)
@@ -835,12 +833,10 @@ class SocketActivation(unittest.TestCase):
     def test_serves_on_fd_3_and_exits_0_on_sigterm(self):
         self.serve_and_stop()
 
-    @unittest.expectedFailure
     def test_socket_still_listens_for_the_next_start(self):
-        # KNOWN BUG (remove this marker once fixed): on SIGTERM the bridge calls shutdown() on
-        # the listening socket it was given; for a socket that systemd (here: this test) keeps,
-        # that stops it listening for good, so the restarted service gets no connection
-        # (ECONNREFUSED). Only a socket the bridge opened itself (-s) may be shut down.
+        # On SIGTERM the bridge must leave the listening socket it was given listening: systemd
+        # (here: this test) keeps it across restarts, and the next start must get connections.
+        # Only a socket the bridge opened itself (-s) may be shut down.
         self.serve_and_stop()
         self.serve_and_stop()       # the same socket, as systemd keeps it across restarts
 
