@@ -34,6 +34,7 @@ struct job {
     json_t *errors;
     char submission_id[33];
     const struct target *update_target; /* update: the target the reference names */
+    json_t *refused;                    /* targets whose documented limits refuse the lead */
     char update_lead_id[64];
 };
 
@@ -180,23 +181,59 @@ static enum lb_err resolve_update(struct job *j, struct lb_error *err)
     return LB_OK;
 }
 
-/* Runs each target's documented checks; adds to j->errors. Returns the number of errors. */
-static int validate_for_targets(struct job *j, enum target_action action)
+/* Whether target i of the form takes part: the one an update names, and none refused. */
+static bool target_in_play(const struct job *j, size_t i)
 {
-    int n = 0;
+    const struct target *t = j->form->targets[i];
 
-    if (j->errors == NULL)
-        j->errors = json_object();
-    if (j->errors == NULL)
-        return 0;
+    if (j->update_target != NULL && t != j->update_target)
+        return false;
+    return j->refused == NULL || json_object_get(j->refused, t->name) == NULL;
+}
+
+/*
+ * Runs each target's documented checks. A target that refuses the lead is left out (recorded in
+ * j->refused with the first reason) and the others still get it: one target's limits do not stop
+ * the rest. Only when every target refuses are the errors put in j->errors (a 422 for the page).
+ */
+static void validate_for_targets(struct job *j, enum target_action action)
+{
+    json_t *all = json_object();
+    size_t tried = 0;
+
+    j->refused = json_object();
+    if (all == NULL || j->refused == NULL)
+        goto out;
     for (size_t i = 0; i < j->form->n_targets; i++) {
         const struct target *t = j->form->targets[i];
+        json_t *errs;
+        const char *key;
+        json_t *v;
+        char reason[300];
 
-        if (j->update_target != NULL && t != j->update_target)
+        if (!target_in_play(j, i))
             continue;
-        n += t->ops->validate(t->state, action, j->lead, j->errors);
+        tried++;
+        errs = json_object();
+        if (errs == NULL || t->ops->validate(t->state, action, j->lead, errs) == 0) {
+            json_decref(errs);
+            continue;
+        }
+        json_object_update_missing(all, errs);
+        json_object_foreach(errs, key, v) {
+            snprintf(reason, sizeof(reason), "invalid fields (%s: %s)", key,
+                     json_is_string(v) ? json_string_value(v) : "not valid");
+            break;
+        }
+        json_object_set_new(j->refused, t->name, json_string(reason));
+        json_decref(errs);
     }
-    return n;
+    if (tried > 0 && json_object_size(j->refused) == tried) {
+        json_decref(j->errors);
+        j->errors = json_incref(all);
+    }
+out:
+    json_decref(all);
 }
 
 /* Dry run: the exact payload each target would receive, without credentials. */
@@ -209,7 +246,7 @@ static json_t *dry_run_payloads(struct job *j, enum target_action action)
         struct http_call call;
         json_t *body = NULL, *entry;
 
-        if (j->update_target != NULL && t != j->update_target)
+        if (!target_in_play(j, i))
             continue;
         memset(&call, 0, sizeof(call));
         if (t->ops->build(t->state, action, j->lead,
@@ -313,7 +350,7 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
         struct target_result res;
         char word[600];
 
-        if (j->update_target != NULL && t != j->update_target)
+        if (!target_in_play(j, i))
             continue;
         target_result_init(&res);
         target_deliver(t, j->w->http, action, j->lead,
@@ -354,6 +391,18 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
         }
         json_object_set_new(targets, t->name, json_string(word));
         target_result_clear(&res);
+    }
+    if (j->refused != NULL) {
+        const char *name;
+        json_t *why;
+
+        json_object_foreach(j->refused, name, why) {
+            char word[600];
+
+            snprintf(word, sizeof(word), "failed: %s", json_string_value(why));
+            json_object_set_new(targets, name, json_string(word));
+            permanent++;
+        }
     }
 
     if (ok > 0 || transient > 0) {
@@ -497,7 +546,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     for (size_t i = 0; job != NULL && i < j->form->n_targets; i++) {
         const struct target *t = j->form->targets[i];
 
-        if (j->update_target != NULL && t != j->update_target)
+        if (!target_in_play(j, i))
             continue;
         if (outbox_job_add_target(job, t->name, target_action_name(action), j->lead,
                                   action == TARGET_UPDATE ? j->update_lead_id : NULL) != LB_OK) {
@@ -659,6 +708,8 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         response_json(out, 200,
                       json_pack("{s:b,s:b,s:O,s:o}", "ok", 1, "dry_run", 1, "lead", j.lead,
                                 "payloads", dry_run_payloads(&j, action)));
+        if (out->body != NULL && json_object_size(j.refused) > 0)
+            json_object_set(out->body, "refused", j.refused);
         goto out;
     }
     if (w->outbox == NULL) {
@@ -675,5 +726,6 @@ out:
     json_decref(j.attribution);
     json_decref(j.lead);
     json_decref(j.errors);
+    json_decref(j.refused);
     request_free(&j.req);
 }
