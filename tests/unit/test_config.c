@@ -149,3 +149,28 @@ Test(config, bad_files_are_explained)
     closedir(dir);
     cr_assert_geq(n, 7, "only %d bad configs found", n);
 }
+
+Test(config, rules_are_not_env_expanded)
+{
+    static const char text[] =
+        "{\"forms\": {\"a\": {\"path\": \"/a\", \"rules\": [{\"field\": \"phone\", \"from\": \"tel\","
+        " \"replace\": [{\"pattern\": \"^0(\\\\d+)$\", \"with\": \"+44${1}\"}]}]}}}";
+    struct diag d;
+    struct config *c;
+    json_t *fields = json_pack("{s:s}", "tel", "07986000000"), *attr = json_object();
+    json_t *lead = NULL, *errors = NULL;
+
+    diag_init(&d, "t.json", text, sizeof(text) - 1);
+    c = config_load_text("t.json", text, sizeof(text) - 1, &d);
+    for (size_t i = 0; i < d.count; i++)
+        cr_log_error("%s", d.messages[i]);
+    cr_assert_not_null(c, "${1} in a rule must not be read as an environment variable");
+    cr_assert_eq(rules_apply(c->forms[0].rules, fields, attr, &lead, &errors), LB_OK);
+    cr_assert_str_eq(json_string_value(json_object_get(lead, "phone")), "+447986000000");
+    json_decref(lead);
+    json_decref(errors);
+    json_decref(fields);
+    json_decref(attr);
+    config_free(c);
+    diag_free(&d);
+}
