@@ -176,3 +176,49 @@ out:
     http_call_free(&call);
     http_reply_free(&reply);
 }
+
+/* Length of a UTF-8 sequence starting with byte c (1 for stray bytes). */
+static size_t utf8_sequence_length(unsigned char c)
+{
+    if (c >= 0xF0 && c <= 0xF4)
+        return 4;
+    if (c >= 0xE0)
+        return c <= 0xEF ? 3 : 1;
+    if (c >= 0xC2)
+        return 2;
+    return 1;
+}
+
+void target_clean_text(char *out, size_t size, const char *text, size_t cap)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t o = 0, i = 0, n;
+    bool gap = false;
+
+    if (size == 0)
+        return;
+    if (cap > size - 1)
+        cap = size - 1;
+    while (s[i] != '\0') {
+        if (s[i] < 0x20 || s[i] == 0x7F || (s[i] == 0xC2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9F)) {
+            i += s[i] == 0xC2 ? 2 : 1;
+            gap = o > 0;
+            continue;
+        }
+        n = utf8_sequence_length(s[i]);
+        if (strnlen((const char *)s + i, n) < n)
+            break;
+        if (gap) {
+            if (o + 1 > cap)
+                break;
+            out[o++] = ' ';
+            gap = false;
+        }
+        if (o + n > cap)
+            break;
+        memcpy(out + o, s + i, n);
+        o += n;
+        i += n;
+    }
+    out[o] = '\0';
+}

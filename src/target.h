@@ -85,6 +85,13 @@ void target_deliver(const struct target *t, struct http_client *http, enum targe
 void target_result_init(struct target_result *r);
 void target_result_clear(struct target_result *r);
 
+/*
+ * Copies text into out (size bytes) for a reason a person reads: ASCII and C1 control characters
+ * dropped (a run of them becomes one space), at most cap bytes, cut on a UTF-8 boundary. out is
+ * always terminated.
+ */
+void target_clean_text(char *out, size_t size, const char *text, size_t cap);
+
 /* Shared helper for classify: status → outcome (2xx ok; 408, 429, 5xx, 0 transient; else permanent). */
 enum delivery_outcome target_outcome_for_status(long status);
 

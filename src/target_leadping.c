@@ -118,56 +118,6 @@ static int leadping_error(json_t *errors, const char *field, const char *reason)
     return json_object_set_new(errors, field, json_string(reason)) == 0 ? 1 : 0;
 }
 
-/* Length of a UTF-8 sequence starting with byte c (1 for stray bytes). */
-static size_t leadping_utf8_len(unsigned char c)
-{
-    if (c >= 0xF0 && c <= 0xF4)
-        return 4;
-    if (c >= 0xE0)
-        return c <= 0xEF ? 3 : 1;
-    if (c >= 0xC2)
-        return 2;
-    return 1;
-}
-
-/*
- * Copies text into out (size bytes), dropping ASCII and C1 control characters (a run of them
- * becomes one space), and cutting at most cap bytes on a UTF-8 boundary. out is always terminated.
- */
-static void leadping_clean_text(char *out, size_t size, const char *text, size_t cap)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    size_t o = 0, i = 0, n;
-    bool gap = false;
-
-    if (size == 0)
-        return;
-    if (cap > size - 1)
-        cap = size - 1;
-    while (s[i] != '\0') {
-        if (s[i] < 0x20 || s[i] == 0x7F || (s[i] == 0xC2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9F)) {
-            i += s[i] == 0xC2 ? 2 : 1;
-            gap = o > 0;
-            continue;
-        }
-        n = leadping_utf8_len(s[i]);
-        if (strnlen((const char *)s + i, n) < n)
-            break;
-        if (gap) {
-            if (o + 1 > cap)
-                break;
-            out[o++] = ' ';
-            gap = false;
-        }
-        if (o + n > cap)
-            break;
-        memcpy(out + o, s + i, n);
-        o += n;
-        i += n;
-    }
-    out[o] = '\0';
-}
-
 /*
  * Writes the printf-style reason into result->reason. Every text put in is capped well below the
  * reason's size, so nothing is cut; an encoding error leaves the reason empty.
@@ -762,7 +712,7 @@ static void leadping_classify(const void *state, enum target_action action,
     result->lead_id[0] = '\0';
     if (reply->status == 0) {
         result->outcome = DELIVERY_TRANSIENT;
-        leadping_clean_text(clean, sizeof(clean), reply->transport_message, LEADPING_REASON_CAP);
+        target_clean_text(clean, sizeof(clean), reply->transport_message, LEADPING_REASON_CAP);
         leadping_reason(result, "Leadping unreachable: %s", clean);
         return;
     }
@@ -784,7 +734,7 @@ static void leadping_classify(const void *state, enum target_action action,
             text = leadping_text(body, "title");
     }
     if (text != NULL)
-        leadping_clean_text(clean, sizeof(clean), text, LEADPING_REASON_CAP);
+        target_clean_text(clean, sizeof(clean), text, LEADPING_REASON_CAP);
     if (reply->status == 401 || reply->status == 403) {
         result->outcome = DELIVERY_PERMANENT;
         if (text != NULL)

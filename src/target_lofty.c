@@ -176,56 +176,6 @@ static bool lofty_bad_header_text(const char *s)
     return false;
 }
 
-/* Length of a UTF-8 sequence starting with byte c (1 for stray bytes). */
-static size_t lofty_utf8_len(unsigned char c)
-{
-    if (c >= 0xF0 && c <= 0xF4)
-        return 4;
-    if (c >= 0xE0)
-        return c <= 0xEF ? 3 : 1;
-    if (c >= 0xC2)
-        return 2;
-    return 1;
-}
-
-/*
- * Copies text into out (size bytes), dropping ASCII and C1 control characters (a run of them
- * becomes one space), and cutting at most cap bytes on a UTF-8 boundary. out is always terminated.
- */
-static void lofty_clean_text(char *out, size_t size, const char *text, size_t cap)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    size_t o = 0, i = 0, n;
-    bool gap = false;
-
-    if (size == 0)
-        return;
-    if (cap > size - 1)
-        cap = size - 1;
-    while (s[i] != '\0') {
-        if (s[i] < 0x20 || s[i] == 0x7F || (s[i] == 0xC2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9F)) {
-            i += s[i] == 0xC2 ? 2 : 1;
-            gap = o > 0;
-            continue;
-        }
-        n = lofty_utf8_len(s[i]);
-        if (strnlen((const char *)s + i, n) < n)
-            break;
-        if (gap) {
-            if (o + 1 > cap)
-                break;
-            out[o++] = ' ';
-            gap = false;
-        }
-        if (o + n > cap)
-            break;
-        memcpy(out + o, s + i, n);
-        o += n;
-        i += n;
-    }
-    out[o] = '\0';
-}
-
 /*
  * Writes the printf-style reason into result->reason. Every text put in is capped well below the
  * reason's size, so nothing is cut; an encoding error leaves the reason empty.
@@ -986,7 +936,7 @@ static void lofty_classify(const void *state, enum target_action action,
     result->lead_id[0] = '\0';
     if (reply->status == 0) {
         result->outcome = DELIVERY_TRANSIENT;
-        lofty_clean_text(clean, sizeof(clean), reply->transport_message, LOFTY_REASON_CAP);
+        target_clean_text(clean, sizeof(clean), reply->transport_message, LOFTY_REASON_CAP);
         lofty_reason(result, "Lofty unreachable: %s", clean);
         return;
     }
@@ -1010,7 +960,7 @@ static void lofty_classify(const void *state, enum target_action action,
     code_text[0] = '\0';
     code = json_object_get(body, "code");
     if (json_is_string(code))
-        lofty_clean_text(code_text, sizeof(code_text), json_string_value(code),
+        target_clean_text(code_text, sizeof(code_text), json_string_value(code),
                          sizeof(code_text) - 1);
     else if (json_is_integer(code))
         n = snprintf(code_text, sizeof(code_text), "%" JSON_INTEGER_FORMAT,
@@ -1024,7 +974,7 @@ static void lofty_classify(const void *state, enum target_action action,
         n = snprintf(joined, sizeof(joined), "Lofty answered HTTP %ld", reply->status);
     if (n < 0)
         joined[0] = '\0';
-    lofty_clean_text(clean, sizeof(clean), joined, LOFTY_REASON_CAP);
+    target_clean_text(clean, sizeof(clean), joined, LOFTY_REASON_CAP);
     lofty_reason(result, "%s", clean);
 out:
     json_decref(body);
