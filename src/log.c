@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -33,20 +34,29 @@ static void timestamp(char *out, size_t size)
 /* Writes obj (stolen) as one line. */
 static void emit(json_t *obj)
 {
-    char *line;
+    char *line, *with_newline;
+    size_t n;
 
     if (obj == NULL)
         return;
-    line = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
+    line = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
+                               JSON_REAL_PRECISION(6));
     json_decref(obj);
     if (line == NULL)
         return;
+    /* One write per line: stderr is unbuffered, and lines of several threads must not mix. */
+    n = strlen(line);
+    with_newline = realloc(line, n + 2);
+    if (with_newline == NULL) {
+        free(line);
+        return;
+    }
+    with_newline[n] = '\n';
+    with_newline[n + 1] = '\0';
     flockfile(stderr);
-    fputs(line, stderr);
-    fputc('\n', stderr);
-    fflush(stderr);
+    fwrite(with_newline, 1, n + 1, stderr);
     funlockfile(stderr);
-    free(line);
+    free(with_newline);
 }
 
 void log_request(const struct log_record *rec)

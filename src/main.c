@@ -277,12 +277,12 @@ static int open_listen_socket(const char *spec)
                     strerror(errno));
             return -1;
         }
-        fd = FCGX_OpenSocket(path, 128);
+        fd = FCGX_OpenSocket(path, 1024);
         /* The web server (another user) must be able to connect; access is local only. */
         if (fd >= 0 && chmod(path, 0666) != 0)
             fprintf(stderr, "leadbridge: chmod %s: %s\n", path, strerror(errno));
     } else {
-        fd = FCGX_OpenSocket(spec, 128);
+        fd = FCGX_OpenSocket(spec, 1024);
     }
     if (fd < 0)
         fprintf(stderr, "leadbridge: cannot listen on %s\n", spec);
