@@ -434,18 +434,80 @@ static json_t *response_record(const struct response *out)
 }
 
 /*
+ * Answers a repeat whose first answer was never stored (the worker that took it died, or the job
+ * was handed to the outbox): from the job's state. Delivered: 200 with the targets' outcomes and
+ * references; refused: 422; waiting for a retry: 202. Returns false while the job is in flight.
+ */
+static bool answer_from_state(struct job *j, enum target_action action, const char *existing,
+                              enum outbox_state state, struct response *out)
+{
+    struct outbox_claim *claim = NULL;
+    json_t *rec, *targets, *refs, *t;
+    const char *name, *ref_target = NULL, *why;
+
+    if (state == OUTBOX_QUEUED) {
+        if (outbox_claim(j->w->outbox, existing, &claim) != LB_OK)
+            return false; /* a worker is delivering it now: its answer is coming */
+        outbox_release(claim);
+    } else if (state != OUTBOX_DONE && state != OUTBOX_DEAD) {
+        return false;
+    }
+    rec = outbox_show(j->w->outbox, existing);
+    if (rec == NULL)
+        return false;
+    if (state == OUTBOX_DEAD) {
+        why = json_string_value(json_object_get(rec, "dead_reason"));
+        answer_error(j, out, LB_ERR_REJECTED, why != NULL ? why : "the lead was refused", NULL);
+        json_decref(rec);
+        return true;
+    }
+    targets = json_object();
+    refs = json_object();
+    json_object_foreach(json_object_get(rec, "targets"), name, t) {
+        const char *status = json_string_value(json_object_get(t, "status"));
+        const char *lead_id = json_string_value(json_object_get(
+            json_object_get(t, "result"), "lead_id"));
+        char ref[LEADREF_MAX];
+
+        if (lead_id == NULL)
+            lead_id = json_string_value(json_object_get(t, "lead_id"));
+        json_object_set_new(targets, name, json_string(
+            status != NULL && strcmp(status, "delivered") == 0
+                ? (action == TARGET_UPDATE ? "updated" : "created")
+                : status != NULL && strcmp(status, "dead") == 0 ? "failed" : "queued"));
+        if (lead_id != NULL && *lead_id != '\0' && j->cfg->secret != NULL &&
+            leadref_sign(j->cfg->secret, name, lead_id, (long long)time(NULL) + j->cfg->ref_ttl,
+                         ref, sizeof(ref)) == LB_OK) {
+            json_object_set_new(refs, name, json_string(ref));
+            if (ref_target == NULL)
+                ref_target = name; /* borrowed from rec, which outlives the answer */
+        }
+    }
+    answer_delivery(j, action,
+                    state == OUTBOX_QUEUED ? "queued"
+                    : action == TARGET_UPDATE ? "updated" : "created",
+                    targets, refs, ref_target, NULL, out);
+    json_decref(targets);
+    json_decref(refs);
+    json_decref(rec);
+    return true;
+}
+
+/*
  * Answers a repeat of an earlier submission (same Idempotency-Key, or the same content from the
  * same client within the duplicate window) with the first answer. The first may still be in
- * flight in another worker: wait for its answer, bounded by the targets' time limit.
+ * flight in another worker: wait for its answer, bounded by the targets' time limit. A first
+ * answer that was never stored is made from the job's state.
  */
-static void replay(struct job *j, const char *existing, struct response *out,
-                   struct log_record *rec)
+static void replay(struct job *j, enum target_action action, const char *existing,
+                   struct response *out, struct log_record *rec)
 {
     struct timespec pause = {0, 50 * 1000 * 1000};
 
     rec->outcome = "duplicate";
     for (int i = 0; i < 20 * 30; i++) {
-        json_t *r = outbox_load_response(j->w->outbox, existing, NULL);
+        enum outbox_state state = OUTBOX_UNKNOWN;
+        json_t *r = outbox_load_response(j->w->outbox, existing, &state);
 
         if (r != NULL) {
             json_t *body = json_object_get(r, "body");
@@ -458,6 +520,8 @@ static void replay(struct job *j, const char *existing, struct response *out,
             json_decref(r);
             return;
         }
+        if (answer_from_state(j, action, existing, state, out))
+            return;
         nanosleep(&pause, NULL);
     }
     answer_error(j, out, LB_ERR_CONFLICT, "the same submission is still being processed", NULL);
@@ -526,7 +590,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
             return;
         }
         if (dup) {
-            replay(j, existing, out, rec);
+            replay(j, action, existing, out, rec);
             return;
         }
     }
@@ -535,7 +599,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     if (e == LB_OK && dup) {
         if (idem[0] != '\0')
             outbox_release_key(ob, idem, j->submission_id);
-        replay(j, existing, out, rec);
+        replay(j, action, existing, out, rec);
         return;
     }
 
