@@ -2,7 +2,9 @@
  * handler.c: one request from environment and body to a struct response (see handler.h).
  *
  * The order is fixed and each step may answer early: route → method → origin → size → body →
- * parse → attribution → rules → (update: reference) → target validation → delivery → response.
+ * parse → attribution → rules → (update: reference) → target validation → duplicates
+ * (Idempotency-Key, content fingerprint) → the job on disk (outbox) → delivery now → response.
+ * What the request path cannot deliver stays in the outbox for the retry worker.
  * Nothing personal is logged: the log record gets the form name, status and outcome only.
  */
 #include "handler.h"
@@ -32,7 +34,7 @@ struct job {
     json_t *attribution;
     json_t *lead;
     json_t *errors;
-    char submission_id[33];
+    char submission_id[OUTBOX_ID_SIZE];
     const struct target *update_target; /* update: the target the reference names */
     json_t *refused;                    /* targets whose documented limits refuse the lead */
     char update_lead_id[64];
