@@ -24,6 +24,8 @@
 #include "target.h"
 
 #define READ_CHUNK 8192
+/* Seconds after which a queued job without a stored answer counts as left by a dead worker. */
+#define REPLAY_ORPHAN_AFTER 20
 
 /* Everything one request builds; freed once at the end of handler_run. */
 struct job {
@@ -447,16 +449,23 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
     json_t *rec, *targets, *refs, *t;
     const char *name, *ref_target = NULL, *why;
 
-    if (state == OUTBOX_QUEUED) {
-        if (outbox_claim(j->w->outbox, existing, &claim) != LB_OK)
-            return false; /* a worker is delivering it now: its answer is coming */
-        outbox_release(claim);
-    } else if (state != OUTBOX_DONE && state != OUTBOX_DEAD) {
+    if (state != OUTBOX_QUEUED && state != OUTBOX_DONE && state != OUTBOX_DEAD)
         return false;
-    }
     rec = outbox_show(j->w->outbox, existing);
     if (rec == NULL)
         return false;
+    if (state == OUTBOX_QUEUED) {
+        /* A young job's first request is still delivering it (and must win the claim): wait
+         * for its answer. An older one was left by a worker that died: answer "queued". */
+        json_int_t created = json_integer_value(json_object_get(rec, "created"));
+
+        if ((long long)time(NULL) - (long long)created < REPLAY_ORPHAN_AFTER ||
+            outbox_claim(j->w->outbox, existing, &claim) != LB_OK) {
+            json_decref(rec);
+            return false;
+        }
+        outbox_release(claim);
+    }
     if (state == OUTBOX_DEAD) {
         why = json_string_value(json_object_get(rec, "dead_reason"));
         answer_error(j, out, LB_ERR_REJECTED, why != NULL ? why : "the lead was refused", NULL);
@@ -631,7 +640,10 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
                      "the submission could not be stored; please try again", NULL);
         return;
     }
-    if (outbox_claim(ob, j->submission_id, &claim) != LB_OK) {
+    for (int i = 0; i < 20 && (e = outbox_claim(ob, j->submission_id, &claim)) == LB_ERR_CONFLICT;
+         i++)
+        nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL); /* a duplicate looking at it */
+    if (e != LB_OK) {
         /* On disk and held elsewhere (or already filed): the outbox delivers it. */
         rec->outcome = "queued";
         response_json(out, 202, json_pack("{s:b,s:s}", "ok", 1, "status", "queued"));
