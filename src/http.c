@@ -491,3 +491,22 @@ out:
     curl_slist_free_all(headers);
     return reply->transport;
 }
+
+enum lb_err http_call_set_json(struct http_call *call, const json_t *json, size_t flags,
+                               size_t max)
+{
+    char *text = json_dumps(json, flags);
+    size_t len;
+
+    if (text == NULL)
+        return LB_ERR_NOMEM;
+    len = strlen(text);
+    if (len > max) {
+        free(text);
+        return LB_ERR_TOO_LARGE;
+    }
+    free(call->body);
+    call->body = text;
+    call->body_len = len;
+    return LB_OK;
+}

@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "err.h"
 
 #define HTTP_MAX_HEADERS 8
@@ -49,6 +51,12 @@ void http_client_free(struct http_client *c);
  */
 enum lb_err http_call_add_header(struct http_call *call, const char *name, const char *value);
 void http_call_free(struct http_call *call);
+/*
+ * Sets call's body to json (borrowed) serialised with flags (JSON_COMPACT and the like).
+ * LB_ERR_NOMEM, or LB_ERR_TOO_LARGE when it is longer than max bytes (then no body is set).
+ */
+enum lb_err http_call_set_json(struct http_call *call, const json_t *json, size_t flags,
+                               size_t max);
 /* Whether http_call_add_header would take name and value (to check configured headers early). */
 bool http_header_valid(const char *name, const char *value);
 

@@ -649,14 +649,7 @@ static enum lb_err leadping_build(const void *state, enum target_action action, 
     }
     if (e != LB_OK)
         goto out;
-    call->body = json_dumps(payload, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    if (call->body == NULL) {
-        e = LB_ERR_NOMEM;
-        goto out;
-    }
-    call->body_len = strlen(call->body);
-    if (call->body_len > LEADPING_MAX_BODY)
-        e = LB_ERR_TOO_LARGE;
+    e = http_call_set_json(call, payload, JSON_COMPACT | JSON_REAL_PRECISION(15), LEADPING_MAX_BODY);
 out:
     if (e != LB_OK) {
         http_call_free(call);

@@ -873,14 +873,7 @@ static enum lb_err lofty_build(const void *state, enum target_action action, con
         e = http_call_add_header(call, "Authorization", auth);
     if (e != LB_OK)
         goto out;
-    call->body = json_dumps(payload, JSON_COMPACT);
-    if (call->body == NULL) {
-        e = LB_ERR_NOMEM;
-        goto out;
-    }
-    call->body_len = strlen(call->body);
-    if (call->body_len > LOFTY_MAX_BODY)
-        e = LB_ERR_TOO_LARGE;
+    e = http_call_set_json(call, payload, JSON_COMPACT, LOFTY_MAX_BODY);
 out:
     if (e != LB_OK) {
         http_call_free(call);

@@ -631,3 +631,18 @@ Test(http, keep_alive_reuses_connection)
     cr_assert_eq(s.connections, 1);
     server_free(&s);
 }
+
+Test(http, set_json_body_is_capped)
+{
+    struct http_call call;
+    json_t *j = json_pack("{s:s}", "name", "Marla");
+
+    memset(&call, 0, sizeof(call));
+    cr_assert_eq(http_call_set_json(&call, j, JSON_COMPACT, 10), LB_ERR_TOO_LARGE);
+    cr_assert_null(call.body, "an oversized body is not set");
+    cr_assert_eq(http_call_set_json(&call, j, JSON_COMPACT, 1024), LB_OK);
+    cr_assert_str_eq(call.body, "{\"name\":\"Marla\"}");
+    cr_assert_eq(call.body_len, strlen("{\"name\":\"Marla\"}"));
+    http_call_free(&call);
+    json_decref(j);
+}
