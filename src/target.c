@@ -222,3 +222,28 @@ void target_clean_text(char *out, size_t size, const char *text, size_t cap)
     }
     out[o] = '\0';
 }
+
+const char *target_text(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+    const char *s;
+
+    if (!json_is_string(v))
+        return NULL;
+    s = json_string_value(v);
+    return s[0] != '\0' ? s : NULL;
+}
+
+bool target_present(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+
+    return v != NULL && !json_is_null(v);
+}
+
+int target_add_error(json_t *errors, const char *field, const char *reason)
+{
+    if (json_object_get(errors, field) != NULL)
+        return 0;
+    return json_object_set_new(errors, field, json_string(reason)) == 0 ? 1 : 0;
+}

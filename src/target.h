@@ -85,6 +85,14 @@ void target_deliver(const struct target *t, struct http_client *http, enum targe
 void target_result_init(struct target_result *r);
 void target_result_clear(struct target_result *r);
 
+/* Helpers for reading a lead and reporting on it, shared by the targets. */
+/* The non-empty string at key of obj (borrowed), or NULL when absent, empty or not a string. */
+const char *target_text(const json_t *obj, const char *key);
+/* True when the value at key is present at all (null counts as absent). */
+bool target_present(const json_t *obj, const char *key);
+/* Adds {field: reason} to errors unless field already has a reason. Returns 1 if added, else 0. */
+int target_add_error(json_t *errors, const char *field, const char *reason);
+
 /*
  * Copies text into out (size bytes) for a reason a person reads: ASCII and C1 control characters
  * dropped (a run of them becomes one space), at most cap bytes, cut on a UTF-8 boundary. out is

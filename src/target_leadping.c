@@ -90,33 +90,6 @@ static const char *const leadping_metadata_fields[] = {
 
 /* --- small helpers ---------------------------------------------------------------------------- */
 
-/* The non-empty string at key of obj (borrowed), or NULL when absent, empty or not a string. */
-static const char *leadping_text(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    const char *s;
-
-    if (!json_is_string(v))
-        return NULL;
-    s = json_string_value(v);
-    return s[0] != '\0' ? s : NULL;
-}
-
-/* True when the value at key is present at all (null counts as absent). */
-static bool leadping_present(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-
-    return v != NULL && !json_is_null(v);
-}
-
-/* Adds {field: reason} to errors unless field already has a reason. Returns 1 if added, else 0. */
-static int leadping_error(json_t *errors, const char *field, const char *reason)
-{
-    if (json_object_get(errors, field) != NULL)
-        return 0;
-    return json_object_set_new(errors, field, json_string(reason)) == 0 ? 1 : 0;
-}
 
 /*
  * Writes the printf-style reason into result->reason. Every text put in is capped well below the
@@ -464,32 +437,32 @@ static int leadping_validate(const void *state, enum target_action action, const
 
     (void)state;
     if (!leadping_supports(action))
-        return leadping_error(errors, "action", "Leadping can only create leads");
+        return target_add_error(errors, "action", "Leadping can only create leads");
     if (!json_is_object(lead))
-        return leadping_error(errors, "lead", "must be an object");
+        return target_add_error(errors, "lead", "must be an object");
     for (i = 0; i < N_ELEMENTS(leadping_fields); i++) {
         v = json_object_get(lead, leadping_fields[i].canonical);
         if (v != NULL && !json_is_null(v) && !json_is_string(v))
-            added += leadping_error(errors, leadping_fields[i].canonical, "must be text");
+            added += target_add_error(errors, leadping_fields[i].canonical, "must be text");
     }
-    if (leadping_text(lead, "email") == NULL && leadping_text(lead, "phone") == NULL)
-        added += leadping_error(errors, "email", "an email address or a phone number is required");
-    s = leadping_text(lead, "email");
+    if (target_text(lead, "email") == NULL && target_text(lead, "phone") == NULL)
+        added += target_add_error(errors, "email", "an email address or a phone number is required");
+    s = target_text(lead, "email");
     if (s != NULL && !leadping_email_valid(s))
-        added += leadping_error(errors, "email", "is not a valid email address");
-    s = leadping_text(lead, "date_of_birth");
+        added += target_add_error(errors, "email", "is not a valid email address");
+    s = target_text(lead, "date_of_birth");
     if (s != NULL && !leadping_date_valid(s))
-        added += leadping_error(errors, "date_of_birth", "must be a date as YYYY-MM-DD");
-    if (leadping_present(lead, "price") && !leadping_price_valid(json_object_get(lead, "price")))
-        added += leadping_error(errors, "price", "must be a number");
+        added += target_add_error(errors, "date_of_birth", "must be a date as YYYY-MM-DD");
+    if (target_present(lead, "price") && !leadping_price_valid(json_object_get(lead, "price")))
+        added += target_add_error(errors, "price", "must be a number");
     if (nested != NULL && !json_is_null(nested) && !json_is_object(nested)) {
-        added += leadping_error(errors, "leadping", "must be an object");
+        added += target_add_error(errors, "leadping", "must be an object");
     } else if (nested != NULL) {
-        if (leadping_present(nested, "directPostPrice") &&
+        if (target_present(nested, "directPostPrice") &&
             !leadping_price_valid(json_object_get(nested, "directPostPrice")))
-            added += leadping_error(errors, "leadping.directPostPrice", "must be a number");
-        if (leadping_present(nested, "subId") && !json_is_string(json_object_get(nested, "subId")))
-            added += leadping_error(errors, "leadping.subId", "must be text");
+            added += target_add_error(errors, "leadping.directPostPrice", "must be a number");
+        if (target_present(nested, "subId") && !json_is_string(json_object_get(nested, "subId")))
+            added += target_add_error(errors, "leadping.subId", "must be text");
     }
     return added;
 }
@@ -517,7 +490,7 @@ static enum lb_err leadping_build_metadata(const json_t *lead, json_t *payload)
     if (meta == NULL)
         return LB_ERR_NOMEM;
     for (i = 0; i < N_ELEMENTS(leadping_metadata_fields) && e == LB_OK; i++) {
-        s = leadping_text(lead, leadping_metadata_fields[i]);
+        s = target_text(lead, leadping_metadata_fields[i]);
         if (s != NULL)
             e = leadping_set_text(meta, leadping_metadata_fields[i], s);
     }
@@ -572,13 +545,13 @@ static enum lb_err leadping_payload(const struct leadping *lp, const json_t *lea
     if (payload == NULL)
         return LB_ERR_NOMEM;
     for (i = 0; i < N_ELEMENTS(leadping_fields) && e == LB_OK; i++) {
-        s = leadping_text(lead, leadping_fields[i].canonical);
+        s = target_text(lead, leadping_fields[i].canonical);
         if (s != NULL)
             e = leadping_set_text(payload, leadping_fields[i].leadping, s);
     }
     if (e == LB_OK && submission_id != NULL && submission_id[0] != '\0')
         e = leadping_set_text(payload, "externalId", submission_id);
-    s = json_is_object(nested) ? leadping_text(nested, "subId") : NULL;
+    s = json_is_object(nested) ? target_text(nested, "subId") : NULL;
     if (s == NULL)
         s = lp->sub_id;
     if (e == LB_OK && s != NULL)
@@ -722,9 +695,9 @@ static void leadping_classify(const void *state, enum target_action action,
     }
     result->outcome = target_outcome_for_status(reply->status);
     if (json_is_object(body)) {
-        text = leadping_text(body, "detail");
+        text = target_text(body, "detail");
         if (text == NULL)
-            text = leadping_text(body, "title");
+            text = target_text(body, "title");
     }
     if (text != NULL)
         target_clean_text(clean, sizeof(clean), text, LEADPING_REASON_CAP);

@@ -407,14 +407,6 @@ static const json_t *lp_get(const json_t *lead, const char *name)
 
 /* ---- validation ---- */
 
-/* Adds {field: message} to errors unless field already has one. Returns how many it added. */
-static int lp_add_error(json_t *errors, const char *field, const char *message)
-{
-    if (json_object_get(errors, field) != NULL)
-        return 0;
-    return json_object_set_new(errors, field, json_string(message)) == 0 ? 1 : 0;
-}
-
 /* Whether v is an object whose values are strings (or, with lists, arrays of strings). */
 static bool lp_string_map_ok(const json_t *v, bool lists)
 {
@@ -602,22 +594,22 @@ static int lp_check_by_type(enum target_action action, const json_t *lead, json_
     size_t i;
 
     if (action == TARGET_VALUATION && !vendor && tv != NULL)
-        added += lp_add_error(errors, "type",
+        added += target_add_error(errors, "type",
                               "instant valuations are only for vendor or landlord leads");
     if (action == TARGET_CREATE && applicant && lp_get(lead, "advert_address") == NULL &&
         lp_get(lead, "advert_postcode") == NULL)
-        added += lp_add_error(errors, "advert_postcode",
+        added += target_add_error(errors, "advert_postcode",
                               "sale and let leads need the address or postcode of the property "
                               "they enquire about (advert_address or advert_postcode)");
     if ((vendor || action == TARGET_VALUATION) && lp_get(lead, "postcode") == NULL)
-        added += lp_add_error(errors, "postcode",
+        added += target_add_error(errors, "postcode",
                               action == TARGET_VALUATION
                                   ? "is required for an instant valuation"
                                   : "is required for vendor and landlord leads");
     if (vendor)
         for (i = 0; advert[i] != NULL; i++)
             if (lp_get(lead, advert[i]) != NULL)
-                added += lp_add_error(errors, advert[i],
+                added += target_add_error(errors, advert[i],
                                       "vendor and landlord leads use address and postcode; "
                                       "leave the advert fields empty");
     return added;
@@ -641,28 +633,28 @@ static int leadpro_validate(const void *state, enum target_action action, const 
 
     (void)state;
     if ((unsigned)action >= TARGET_ACTION__MAX)
-        return lp_add_error(errors, "lead", "this action is not supported by LeadPro");
+        return target_add_error(errors, "lead", "this action is not supported by LeadPro");
     if (!json_is_object(lead))
-        return lp_add_error(errors, "lead", "must be an object");
+        return target_add_error(errors, "lead", "must be an object");
     for (f = lp_fields(action); f->name != NULL; f++) {
         if ((f->flags & LP_VALUATION_ONLY) && action != TARGET_VALUATION)
             continue;
         v = lp_get(lead, f->name);
         if (v == NULL) {
             if (f->flags & LP_REQUIRED)
-                added += lp_add_error(errors, f->name, "is required");
+                added += target_add_error(errors, f->name, "is required");
             continue;
         }
         any = true;
         if (!lp_check_field(f, v, msg, sizeof(msg)))
-            added += lp_add_error(errors, f->name, msg);
+            added += target_add_error(errors, f->name, msg);
     }
     if (action != TARGET_UPDATE)
         return added + lp_check_by_type(action, lead, errors);
     if (json_is_string(lp_get(lead, "gclid")))
         any = true;
     if (!any)
-        added += lp_add_error(errors, "lead",
+        added += target_add_error(errors, "lead",
                               "nothing to update: give at least one field to change");
     return added;
 }

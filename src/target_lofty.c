@@ -114,32 +114,6 @@ static const char *const lofty_custom_attribution[] = {
 
 /* --- small helpers ---------------------------------------------------------------------------- */
 
-/* The non-empty string at key of obj (borrowed), or NULL when absent, empty or not a string. */
-static const char *lofty_text(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    const char *s;
-
-    if (!json_is_string(v))
-        return NULL;
-    s = json_string_value(v);
-    return s[0] != '\0' ? s : NULL;
-}
-
-static bool lofty_present(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-
-    return v != NULL && !json_is_null(v);
-}
-
-/* Adds {field: reason} to errors unless field already has a reason. Returns 1 if added, else 0. */
-static int lofty_error(json_t *errors, const char *field, const char *reason)
-{
-    if (json_object_get(errors, field) != NULL)
-        return 0;
-    return json_object_set_new(errors, field, json_string(reason)) == 0 ? 1 : 0;
-}
 
 /* Characters (code points) in the UTF-8 string s. */
 static size_t lofty_chars(const char *s)
@@ -441,14 +415,14 @@ static int lofty_check_list(const json_t *nested, const char *key, size_t max, j
     if (n < 0 || (size_t)n >= sizeof(field))
         return 0;
     if (!json_is_array(list))
-        return lofty_error(errors, field, "must be a list of text");
+        return target_add_error(errors, field, "must be a list of text");
     json_array_foreach(list, i, v) {
         if (!json_is_string(v) || json_string_value(v)[0] == '\0')
-            return lofty_error(errors, field, "must be a list of text");
+            return target_add_error(errors, field, "must be a list of text");
         if (lofty_chars(json_string_value(v)) > max) {
             n = snprintf(reason, sizeof(reason),
                          "each must be at most %zu characters (Lofty would cut it)", max);
-            return lofty_error(errors, field, n > 0 && (size_t)n < sizeof(reason) ? reason
+            return target_add_error(errors, field, n > 0 && (size_t)n < sizeof(reason) ? reason
                                                                                   : "too long");
         }
     }
@@ -472,33 +446,33 @@ static int lofty_validate(const void *state, enum target_action action, const js
     size_t i;
 
     if (!lofty_supports(action))
-        return lofty_error(errors, "action", "Lofty can only create and update leads");
+        return target_add_error(errors, "action", "Lofty can only create and update leads");
     if (!json_is_object(lead))
-        return lofty_error(errors, "lead", "must be an object");
+        return target_add_error(errors, "lead", "must be an object");
     for (i = 0; i < N_ELEMENTS(lofty_text_fields); i++) {
         v = json_object_get(lead, lofty_text_fields[i]);
         if (v != NULL && !json_is_null(v) && !json_is_string(v))
-            added += lofty_error(errors, lofty_text_fields[i], "must be text");
+            added += target_add_error(errors, lofty_text_fields[i], "must be text");
     }
-    if (action == TARGET_CREATE && lofty_text(lead, "first_name") == NULL)
-        added += lofty_error(errors, "first_name", "is required by Lofty");
+    if (action == TARGET_CREATE && target_text(lead, "first_name") == NULL)
+        added += target_add_error(errors, "first_name", "is required by Lofty");
     for (i = 0; i < N_ELEMENTS(names) && lf->long_names == LOFTY_NAMES_REFUSE; i++) {
-        s = lofty_text(lead, names[i]);
+        s = target_text(lead, names[i]);
         if (s != NULL && lofty_chars(s) > LOFTY_NAME_CHARS)
-            added += lofty_error(errors, names[i],
+            added += target_add_error(errors, names[i],
                                  "must be at most 30 characters (Lofty would cut it)");
     }
-    s = lofty_text(lead, "phone");
+    s = target_text(lead, "phone");
     if (s != NULL && lofty_chars(s) > LOFTY_PHONE_CHARS)
-        added += lofty_error(errors, "phone", "must be at most 20 characters");
+        added += target_add_error(errors, "phone", "must be at most 20 characters");
     v = json_object_get(lead, "property_bedrooms");
     if (v != NULL && !json_is_null(v) &&
         (!json_is_integer(v) || json_integer_value(v) < 0 ||
          json_integer_value(v) > LOFTY_MAX_BEDROOMS))
-        added += lofty_error(errors, "property_bedrooms", "must be a whole number of bedrooms");
+        added += target_add_error(errors, "property_bedrooms", "must be a whole number of bedrooms");
     nested = json_object_get(lead, "lofty");
     if (nested != NULL && !json_is_null(nested) && !json_is_object(nested)) {
-        added += lofty_error(errors, "lofty", "must be an object");
+        added += target_add_error(errors, "lofty", "must be an object");
     } else if (nested != NULL) {
         added += lofty_check_list(nested, "tags", LOFTY_TAG_CHARS, errors);
         added += lofty_check_list(nested, "segments", LOFTY_SEGMENT_CHARS, errors);
@@ -545,7 +519,7 @@ static enum lb_err lofty_attribution_tags(const json_t *lead, json_t *tags)
     int n;
 
     for (i = 0; i < N_ELEMENTS(lofty_tag_attribution) && e == LB_OK; i++) {
-        s = lofty_text(lead, lofty_tag_attribution[i]);
+        s = target_text(lead, lofty_tag_attribution[i]);
         if (s == NULL)
             continue;
         if (strcmp(lofty_tag_attribution[i], "host") == 0) {
@@ -629,7 +603,7 @@ static enum lb_err lofty_build_attributes(const struct lofty *lf, enum target_ac
     if (list == NULL)
         return LB_ERR_NOMEM;
     for (i = 0; i < N_ELEMENTS(lofty_custom_attribution) && e == LB_OK; i++) {
-        s = lofty_text(lead, lofty_custom_attribution[i]);
+        s = target_text(lead, lofty_custom_attribution[i]);
         if (s != NULL)
             e = lofty_add_attribute(list, lofty_custom_attribution[i], s);
     }
@@ -652,8 +626,8 @@ static enum lb_err lofty_build_property(const json_t *lead, json_t *payload)
         {"property_type", "propertyType"},
     };
     json_t *prop = json_object();
-    const char *address = lofty_text(lead, "address");
-    const char *address2 = lofty_text(lead, "address2");
+    const char *address = target_text(lead, "address");
+    const char *address2 = target_text(lead, "address2");
     const json_t *beds = json_object_get(lead, "property_bedrooms");
     enum lb_err e = LB_OK;
     const char *s;
@@ -666,7 +640,7 @@ static enum lb_err lofty_build_property(const json_t *lead, json_t *payload)
     else if (address != NULL || address2 != NULL)
         e = lofty_set_new(prop, "streetAddress", json_string(address ? address : address2));
     for (i = 0; i < N_ELEMENTS(fields) && e == LB_OK; i++) {
-        s = lofty_text(lead, fields[i].canonical);
+        s = target_text(lead, fields[i].canonical);
         if (s != NULL)
             e = lofty_set_new(prop, fields[i].lofty, json_string(s));
     }
@@ -698,7 +672,7 @@ static enum lb_err lofty_build_names(const struct lofty *lf, const json_t *lead,
     size_t i;
 
     for (i = 0; i < N_ELEMENTS(names) && e == LB_OK; i++) {
-        s = lofty_text(lead, names[i].canonical);
+        s = target_text(lead, names[i].canonical);
         if (s == NULL)
             continue;
         if (lofty_chars(s) > LOFTY_NAME_CHARS) {
@@ -721,7 +695,7 @@ static enum lb_err lofty_build_content(enum target_action action, const json_t *
                                        const char *submission_id, struct buf *note,
                                        json_t *payload)
 {
-    const char *message = lofty_text(lead, "message");
+    const char *message = target_text(lead, "message");
     struct buf content;
     enum lb_err e = LB_OK;
 
@@ -748,7 +722,7 @@ static enum lb_err lofty_build_content(enum target_action action, const json_t *
 /* The lead's leadTypes id (Other when type is absent or unknown). */
 static int lofty_lead_type(const json_t *lead)
 {
-    const char *type = lofty_text(lead, "type");
+    const char *type = target_text(lead, "type");
     size_t i;
 
     for (i = 0; type != NULL && i < N_ELEMENTS(lofty_lead_types); i++)
@@ -776,17 +750,17 @@ static enum lb_err lofty_payload(const struct lofty *lf, enum target_action acti
     if (payload == NULL)
         return LB_ERR_NOMEM;
     e = lofty_build_names(lf, lead, payload, &note);
-    s = lofty_text(lead, "email");
+    s = target_text(lead, "email");
     if (e == LB_OK && s != NULL)
         e = lofty_set_new(payload, "emails", json_pack("[s]", s));
-    s = lofty_text(lead, "phone");
+    s = target_text(lead, "phone");
     if (e == LB_OK && s != NULL && lofty_chars(s) > LOFTY_PHONE_CHARS)
         e = LB_ERR_INVALID_FIELDS;
     else if (e == LB_OK && s != NULL)
         e = lofty_set_new(payload, "phones", json_pack("[s]", s));
-    if (e == LB_OK && (action == TARGET_CREATE || lofty_present(lead, "type")))
+    if (e == LB_OK && (action == TARGET_CREATE || target_present(lead, "type")))
         e = lofty_set_new(payload, "leadTypes", json_pack("[i]", lofty_lead_type(lead)));
-    s = lofty_text(lead, "source");
+    s = target_text(lead, "source");
     if (s == NULL && action == TARGET_CREATE)
         s = lf->source;
     if (e == LB_OK && s != NULL)
@@ -800,7 +774,7 @@ static enum lb_err lofty_payload(const struct lofty *lf, enum target_action acti
     /* Tags hold 64 characters: in tags mode the long attribution values go in the note, whole. */
     for (size_t i = 0; e == LB_OK && lf->attribution == LOFTY_ATTR_TAGS &&
                        i < N_ELEMENTS(lofty_note_attribution); i++) {
-        s = lofty_text(lead, lofty_note_attribution[i]);
+        s = target_text(lead, lofty_note_attribution[i]);
         if (s != NULL)
             e = buf_printf(&note, "%s: %s\n", lofty_note_attribution[i], s);
     }
@@ -958,7 +932,7 @@ static void lofty_classify(const void *state, enum target_action action,
     else if (json_is_integer(code))
         n = snprintf(code_text, sizeof(code_text), "%" JSON_INTEGER_FORMAT,
                      json_integer_value(code));
-    message = lofty_text(body, "message");
+    message = target_text(body, "message");
     if (code_text[0] != '\0' && message != NULL)
         n = snprintf(joined, sizeof(joined), "%s: %s", code_text, message);
     else if (code_text[0] != '\0' || message != NULL)
