@@ -42,6 +42,8 @@
 struct outbox {
     char *dir;
     struct outbox_conf conf;
+    outbox_dead_fn dead_hook;
+    void *dead_ctx;
 };
 
 struct outbox_claim {
@@ -739,6 +741,8 @@ static enum lb_err outbox_quarantine(struct outbox *ob, const char *id, const ch
         return LB_ERR_IO;
     if (outbox_sync_sub(ob, "dead") != LB_OK || outbox_sync_sub(ob, "queue") != LB_OK)
         return LB_ERR_IO;
+    if (ob->dead_hook != NULL)
+        ob->dead_hook(ob->dead_ctx, id, NULL, NULL, why);
     return LB_ERR_GONE;
 }
 
@@ -1039,6 +1043,23 @@ static enum lb_err outbox_kill_pending(json_t *job)
     return LB_OK;
 }
 
+/* Tells the dead-letter hook about job (just filed in dead/). */
+static void outbox_notify_dead(struct outbox *ob, const char *id, const json_t *job)
+{
+    const char *name, *st, *first = NULL;
+    json_t *entry;
+
+    json_object_foreach(json_object_get(job, "targets"), name, entry) {
+        st = outbox_target_status(entry);
+        if (st != NULL && strcmp(st, "dead") == 0) {
+            first = name;
+            break;
+        }
+    }
+    ob->dead_hook(ob->dead_ctx, id, json_string_value(json_object_get(job, "form")), first,
+                  json_string_value(json_object_get(job, "dead_reason")));
+}
+
 enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_state *state)
 {
     const struct outbox_conf *conf = &c->ob->conf;
@@ -1118,6 +1139,8 @@ enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_sta
     }
     if (e == LB_OK)
         e = outbox_move(c->ob, c->id, "queue", where == OUTBOX_DONE ? "done" : "dead");
+    if (e == LB_OK && where == OUTBOX_DEAD && c->ob->dead_hook != NULL)
+        outbox_notify_dead(c->ob, c->id, c->job);
 out:
     if (state != NULL)
         *state = e == LB_OK ? where : OUTBOX_QUEUED;
@@ -1927,5 +1950,67 @@ enum lb_err outbox_expire(struct outbox *ob, long long now)
     if (e == LB_OK)
         e = e2;
     outbox_clean_tmp(ob);
+    return e;
+}
+
+void outbox_set_dead_hook(struct outbox *ob, outbox_dead_fn fn, void *ctx)
+{
+    ob->dead_hook = fn;
+    ob->dead_ctx = ctx;
+}
+
+struct outbox_stats_ctx {
+    struct outbox_stats *st;
+    enum outbox_state state;
+};
+
+static enum lb_err outbox_stats_one(struct outbox *ob, const char *sub, const char *id, void *arg)
+{
+    struct outbox_stats_ctx *sc = arg;
+    char p[OUTBOX_PATH_MAX], why[200];
+    enum lb_err e;
+    json_t *j;
+
+    if (sc->state == OUTBOX_DONE) {
+        sc->st->done++;
+        return LB_OK;
+    }
+    if (sc->state == OUTBOX_DEAD) {
+        sc->st->dead++;
+        return LB_OK;
+    }
+    if (outbox_path(ob, p, sizeof(p), sub, id, ".json") != LB_OK)
+        return LB_ERR_INTERNAL;
+    j = outbox_load_path(p, &e, why, sizeof(why));
+    if (e == LB_ERR_NOT_FOUND)
+        return LB_OK;
+    sc->st->queued++;
+    if (j != NULL) {
+        long long created = outbox_int(j, "created", -1);
+
+        if (created >= 0 && (sc->st->oldest_created < 0 || created < sc->st->oldest_created))
+            sc->st->oldest_created = created;
+        json_decref(j);
+    }
+    return LB_OK;
+}
+
+enum lb_err outbox_stats(struct outbox *ob, long long now, struct outbox_stats *out)
+{
+    static const struct {
+        const char *sub;
+        enum outbox_state state;
+    } places[] = {{"queue", OUTBOX_QUEUED}, {"done", OUTBOX_DONE}, {"dead", OUTBOX_DEAD}};
+    struct outbox_stats_ctx sc = {out, OUTBOX_QUEUED};
+    enum lb_err e = LB_OK;
+    size_t i;
+
+    (void)now;
+    memset(out, 0, sizeof(*out));
+    out->oldest_created = -1;
+    for (i = 0; e == LB_OK && i < sizeof(places) / sizeof(places[0]); i++) {
+        sc.state = places[i].state;
+        e = outbox_each(ob, places[i].sub, outbox_stats_one, &sc);
+    }
     return e;
 }

@@ -265,4 +265,26 @@ enum lb_err outbox_purge(struct outbox *ob, bool dead, bool done, long long olde
  */
 enum lb_err outbox_expire(struct outbox *ob, long long now);
 
+/* What monitoring needs, from one look at the store. */
+struct outbox_stats {
+    size_t queued;               /* jobs waiting for delivery (or being delivered) */
+    size_t done;                 /* done records kept */
+    size_t dead;                 /* dead letters kept */
+    long long oldest_created;    /* "created" of the oldest queued job, or -1 when none */
+};
+
+/* Fills *out. LB_ERR_IO when the store cannot be read. */
+enum lb_err outbox_stats(struct outbox *ob, long long now, struct outbox_stats *out);
+
+/*
+ * Called once for each job that goes dead (a permanent refusal, max_age, or a corrupt file):
+ * the job id, its form (may be NULL for a corrupt file), the first dead target (may be NULL) and
+ * the reason (all borrowed, valid during the call only; no personal data). Called from whatever
+ * thread files the job, outside any outbox lock.
+ */
+typedef void (*outbox_dead_fn)(void *ctx, const char *id, const char *form, const char *target,
+                               const char *reason);
+/* Sets the dead-letter hook (fn NULL: none). Call before threads share ob. */
+void outbox_set_dead_hook(struct outbox *ob, outbox_dead_fn fn, void *ctx);
+
 #endif

@@ -1139,3 +1139,60 @@ Test(outbox, threads_and_processes_deliver_each_job_once)
     cr_assert_eq(count_files("tmp", NULL), 0);
     outbox_close(ob);
 }
+
+/* ---- monitoring ---- */
+
+struct dead_seen {
+    int calls;
+    char id[OUTBOX_ID_SIZE];
+    char form[32];
+    char target[32];
+    char reason[256];
+};
+
+static void record_dead(void *ctx, const char *id, const char *form, const char *target,
+                        const char *reason)
+{
+    struct dead_seen *d = ctx;
+
+    d->calls++;
+    snprintf(d->id, sizeof(d->id), "%s", id);
+    snprintf(d->form, sizeof(d->form), "%s", form != NULL ? form : "");
+    snprintf(d->target, sizeof(d->target), "%s", target != NULL ? target : "");
+    snprintf(d->reason, sizeof(d->reason), "%s", reason != NULL ? reason : "");
+}
+
+Test(outbox, stats_count_each_state_and_the_dead_hook_hears_each_dead_job_once)
+{
+    struct outbox *ob = open_spool(NULL);
+    static struct fake_api api;
+    struct outbox_stats st;
+    struct dead_seen seen = {0};
+    char a[OUTBOX_ID_SIZE], b[OUTBOX_ID_SIZE], c[OUTBOX_ID_SIZE];
+
+    outbox_set_dead_hook(ob, record_dead, &seen);
+    cr_assert_eq(outbox_stats(ob, T0, &st), LB_OK);
+    cr_assert_eq(st.queued + st.done + st.dead, 0);
+    cr_assert_eq(st.oldest_created, -1);
+
+    put_job(ob, a, T0, one_target);       /* delivered → done */
+    put_job(ob, b, T0 + 10, two_targets); /* lofty refused → dead */
+    api_init(&api, T0 + 20, T0);
+    api.refuse = "lofty";
+    run_until(ob, &api, T0 + 20);
+    put_job(ob, c, T0 + 30, one_target);  /* still queued */
+
+    cr_assert_eq(outbox_stats(ob, T0 + 40, &st), LB_OK);
+    cr_assert_eq(st.queued, 1);
+    cr_assert_eq(st.done, 1);
+    cr_assert_eq(st.dead, 1);
+    cr_assert_eq(st.oldest_created, T0 + 30);
+
+    cr_assert_eq(seen.calls, 1);
+    cr_assert_str_eq(seen.id, b);
+    cr_assert_str_eq(seen.form, "contact");
+    cr_assert_str_eq(seen.target, "lofty");
+    cr_assert_not_null(strstr(seen.reason, "not a valid address"));
+    cr_assert_null(strstr(seen.reason, "jane"), "no personal data in the reason");
+    outbox_close(ob);
+}
