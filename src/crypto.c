@@ -1,200 +1,144 @@
 /*
- * crypto.c: SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), base64 and base64url (RFC 4648), hex,
- * constant-time comparison and kernel randomness, with no library beyond libc.
+ * crypto.c: leadbridge's cryptography as thin, bounded wrappers over OpenSSL's libcrypto: digests
+ * (EVP_Digest), HMAC (EVP_MAC "HMAC"), base64 (EVP_EncodeBlock/EVP_DecodeBlock), constant-time
+ * comparison (CRYPTO_memcmp), randomness (RAND_bytes) and wiping (OPENSSL_cleanse).
  *
- * Nothing here allocates; every output buffer comes with its size or has a documented fixed size.
+ * What stays here is policy, not cryptography: base64url on top of EVP's standard alphabet, a
+ * strict decoder (EVP_DecodeBlock accepts whitespace and ignores spare bits; signatures must not),
+ * and fixed-size stack chunks so no call allocates for its output.
  */
 #include "crypto.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/random.h>
+#include <strings.h>
 
-#define SHA256_BLOCK_SIZE 64
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
 
-struct sha256_ctx {
-    uint32_t h[8];
-    uint64_t total; /* bytes hashed so far */
-    uint8_t block[SHA256_BLOCK_SIZE];
-    size_t used; /* bytes waiting in block */
+static const struct {
+    const char *name;
+    size_t size;
+} alg_info[CRYPTO_ALG__MAX] = {
+    [CRYPTO_SHA1] = {"sha1", 20},
+    [CRYPTO_SHA256] = {"sha256", 32},
+    [CRYPTO_SHA512] = {"sha512", 64},
 };
 
-static const uint32_t sha256_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-};
-
-static uint32_t rotr(uint32_t x, unsigned n)
+static const EVP_MD *alg_md(enum crypto_alg alg)
 {
-    return (x >> n) | (x << (32 - n));
+    switch (alg) {
+    case CRYPTO_SHA1:
+        return EVP_sha1();
+    case CRYPTO_SHA256:
+        return EVP_sha256();
+    case CRYPTO_SHA512:
+        return EVP_sha512();
+    case CRYPTO_ALG__MAX:
+        break;
+    }
+    return NULL;
 }
 
-static void sha256_init(struct sha256_ctx *c)
+size_t crypto_digest_size(enum crypto_alg alg)
 {
-    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-
-    memcpy(c->h, h0, sizeof(h0));
-    c->total = 0;
-    c->used = 0;
+    return (unsigned)alg < CRYPTO_ALG__MAX ? alg_info[alg].size : 0;
 }
 
-/* Runs the compression function over one 64-byte block (FIPS 180-4, 6.2.2). */
-static void sha256_block(struct sha256_ctx *c, const uint8_t *p)
+const char *crypto_alg_name(enum crypto_alg alg)
 {
-    uint32_t w[64], a, b, cc, d, e, f, g, h, t1, t2;
+    return (unsigned)alg < CRYPTO_ALG__MAX ? alg_info[alg].name : "?";
+}
+
+int crypto_alg_from_name(const char *name, enum crypto_alg *out)
+{
     int i;
 
-    for (i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
-    for (i = 16; i < 64; i++) {
-        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    if (name == NULL)
+        return -1;
+    for (i = 0; i < CRYPTO_ALG__MAX; i++) {
+        if (strcasecmp(name, alg_info[i].name) == 0) {
+            *out = (enum crypto_alg)i;
+            return 0;
+        }
     }
-    a = c->h[0];
-    b = c->h[1];
-    cc = c->h[2];
-    d = c->h[3];
-    e = c->h[4];
-    f = c->h[5];
-    g = c->h[6];
-    h = c->h[7];
-    for (i = 0; i < 64; i++) {
-        t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + sha256_k[i] +
-             w[i];
-        t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = cc;
-        cc = b;
-        b = a;
-        a = t1 + t2;
-    }
-    c->h[0] += a;
-    c->h[1] += b;
-    c->h[2] += cc;
-    c->h[3] += d;
-    c->h[4] += e;
-    c->h[5] += f;
-    c->h[6] += g;
-    c->h[7] += h;
-}
-
-static void sha256_update(struct sha256_ctx *c, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-
-    c->total += len;
-    if (c->used > 0) {
-        size_t take = SHA256_BLOCK_SIZE - c->used;
-
-        if (take > len)
-            take = len;
-        memcpy(c->block + c->used, p, take);
-        c->used += take;
-        p += take;
-        len -= take;
-        if (c->used < SHA256_BLOCK_SIZE)
-            return;
-        sha256_block(c, c->block);
-        c->used = 0;
-    }
-    while (len >= SHA256_BLOCK_SIZE) {
-        sha256_block(c, p);
-        p += SHA256_BLOCK_SIZE;
-        len -= SHA256_BLOCK_SIZE;
-    }
-    if (len > 0) {
-        memcpy(c->block, p, len);
-        c->used = len;
-    }
-}
-
-/* Pads (0x80, zeros, 64-bit big-endian bit length) and writes the digest. */
-static void sha256_final(struct sha256_ctx *c, uint8_t out[SHA256_DIGEST_SIZE])
-{
-    uint64_t bits = c->total * 8;
-    int i;
-
-    c->block[c->used++] = 0x80;
-    if (c->used > SHA256_BLOCK_SIZE - 8) {
-        memset(c->block + c->used, 0, SHA256_BLOCK_SIZE - c->used);
-        sha256_block(c, c->block);
-        c->used = 0;
-    }
-    memset(c->block + c->used, 0, SHA256_BLOCK_SIZE - 8 - c->used);
-    for (i = 0; i < 8; i++)
-        c->block[SHA256_BLOCK_SIZE - 1 - i] = (uint8_t)(bits >> (8 * i));
-    sha256_block(c, c->block);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(c->h[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8);
-        out[4 * i + 3] = (uint8_t)c->h[i];
-    }
-    memset(c, 0, sizeof(*c));
+    return -1;
 }
 
 void sha256(const void *data, size_t len, uint8_t out[SHA256_DIGEST_SIZE])
 {
-    struct sha256_ctx c;
+    unsigned int n = 0;
 
-    sha256_init(&c);
-    sha256_update(&c, data, len);
-    sha256_final(&c, out);
+    if (EVP_Digest(len > 0 ? data : "", len, out, &n, EVP_sha256(), NULL) != 1 ||
+        n != SHA256_DIGEST_SIZE)
+        memset(out, 0, SHA256_DIGEST_SIZE);
 }
 
-/* HMAC per RFC 2104: keys longer than the block are hashed first; pads are wiped after use. */
+size_t crypto_hmac_parts(enum crypto_alg alg, const void *key, size_t key_len,
+                         const struct crypto_part *parts, size_t n, uint8_t out[CRYPTO_MAX_DIGEST])
+{
+    const EVP_MD *md = alg_md(alg);
+    EVP_MAC *mac = NULL;
+    EVP_MAC_CTX *ctx = NULL;
+    OSSL_PARAM params[2];
+    size_t got = 0, i, want = crypto_digest_size(alg);
+    static const uint8_t empty[1];
+
+    memset(out, 0, CRYPTO_MAX_DIGEST);
+    if (md == NULL)
+        return 0;
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL)
+        goto out;
+    ctx = EVP_MAC_CTX_new(mac);
+    if (ctx == NULL)
+        goto out;
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0);
+    params[1] = OSSL_PARAM_construct_end();
+    /* An empty key is a valid HMAC key; a NULL key would mean "keep the previous one". */
+    if (EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, params) != 1)
+        goto out;
+    for (i = 0; i < n; i++) {
+        if (parts[i].len > 0 && EVP_MAC_update(ctx, parts[i].data, parts[i].len) != 1)
+            goto out;
+    }
+    if (EVP_MAC_final(ctx, out, &got, CRYPTO_MAX_DIGEST) != 1 || got != want) {
+        memset(out, 0, CRYPTO_MAX_DIGEST);
+        got = 0;
+    }
+out:
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+    return got;
+}
+
+size_t crypto_hmac(enum crypto_alg alg, const void *key, size_t key_len, const void *data,
+                   size_t len, uint8_t out[CRYPTO_MAX_DIGEST])
+{
+    struct crypto_part part = {data, len};
+
+    return crypto_hmac_parts(alg, key, key_len, &part, 1, out);
+}
+
 void hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
                  uint8_t out[SHA256_DIGEST_SIZE])
 {
-    uint8_t k[SHA256_BLOCK_SIZE], pad[SHA256_BLOCK_SIZE], inner[SHA256_DIGEST_SIZE];
-    struct sha256_ctx c;
-    size_t i;
+    uint8_t mac[CRYPTO_MAX_DIGEST];
 
-    memset(k, 0, sizeof(k));
-    if (key_len > SHA256_BLOCK_SIZE)
-        sha256(key, key_len, k);
-    else if (key_len > 0)
-        memcpy(k, key, key_len);
-
-    for (i = 0; i < SHA256_BLOCK_SIZE; i++)
-        pad[i] = k[i] ^ 0x36;
-    sha256_init(&c);
-    sha256_update(&c, pad, sizeof(pad));
-    sha256_update(&c, data, len);
-    sha256_final(&c, inner);
-
-    for (i = 0; i < SHA256_BLOCK_SIZE; i++)
-        pad[i] = k[i] ^ 0x5c;
-    sha256_init(&c);
-    sha256_update(&c, pad, sizeof(pad));
-    sha256_update(&c, inner, sizeof(inner));
-    sha256_final(&c, out);
-
-    memset(k, 0, sizeof(k));
-    memset(pad, 0, sizeof(pad));
-    memset(inner, 0, sizeof(inner));
+    crypto_hmac(CRYPTO_SHA256, key, key_len, data, len, mac);
+    memcpy(out, mac, SHA256_DIGEST_SIZE);
+    OPENSSL_cleanse(mac, sizeof(mac));
 }
 
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/* Input bytes per EVP_EncodeBlock call: a multiple of 3, so only the last call pads. */
+#define B64_CHUNK 48
 
 size_t base64_encode(const void *data, size_t len, bool url, char *out, size_t out_size)
 {
-    const uint8_t *p = data;
-    const char *alpha = url ? b64_url : b64_std;
+    const unsigned char *p = data;
+    unsigned char chunk[B64_CHUNK / 3 * 4 + 1];
     size_t need, n = 0, i;
 
     if (len > (SIZE_MAX - 1) / 4 * 3 - 3)
@@ -202,37 +146,25 @@ size_t base64_encode(const void *data, size_t len, bool url, char *out, size_t o
     need = url ? (len / 3) * 4 + (len % 3 ? len % 3 + 1 : 0) : (len + 2) / 3 * 4;
     if (out == NULL || out_size < need + 1)
         return 0;
-    for (i = 0; i + 2 < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+    for (i = 0; i < len; i += B64_CHUNK) {
+        size_t take = len - i < B64_CHUNK ? len - i : B64_CHUNK;
+        int k = EVP_EncodeBlock(chunk, p + i, (int)take), j;
 
-        out[n++] = alpha[v >> 18];
-        out[n++] = alpha[(v >> 12) & 63];
-        out[n++] = alpha[(v >> 6) & 63];
-        out[n++] = alpha[v & 63];
-    }
-    if (len - i == 1) {
-        uint32_t v = (uint32_t)p[i] << 16;
+        for (j = 0; j < k; j++) {
+            unsigned char c = chunk[j];
 
-        out[n++] = alpha[v >> 18];
-        out[n++] = alpha[(v >> 12) & 63];
-        if (!url) {
-            out[n++] = '=';
-            out[n++] = '=';
+            if (url && c == '=')
+                break;
+            if (url)
+                c = c == '+' ? '-' : c == '/' ? '_' : c;
+            out[n++] = (char)c;
         }
-    } else if (len - i == 2) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
-
-        out[n++] = alpha[v >> 18];
-        out[n++] = alpha[(v >> 12) & 63];
-        out[n++] = alpha[(v >> 6) & 63];
-        if (!url)
-            out[n++] = '=';
     }
     out[n] = '\0';
     return n;
 }
 
-/* The 6-bit value of c in either alphabet, or -1. */
+/* The 6-bit value of c in either alphabet, or -1. Used only to validate before EVP decodes. */
 static int b64_value(unsigned char c)
 {
     if (c >= 'A' && c <= 'Z')
@@ -248,16 +180,20 @@ static int b64_value(unsigned char c)
     return -1;
 }
 
+/* Characters per EVP_DecodeBlock call: a multiple of 4. */
+#define B64_DCHUNK 64
+
 /*
  * Strict decoder: accepts either alphabet, padding optional but only at the end and only as much as
- * the length implies; rejects whitespace, a lone final character and non-zero trailing bits.
+ * the length implies; rejects whitespace, a lone final character and non-zero trailing bits. The
+ * input is checked here, translated to the standard alphabet and padded in stack chunks, and
+ * decoded by EVP_DecodeBlock.
  */
 long base64_decode(const char *s, size_t len, void *out, size_t out_size)
 {
-    uint8_t *o = out;
-    size_t n = 0, i, pad = 0, rem;
-    uint32_t acc = 0;
-    int bits = 0;
+    unsigned char *o = out;
+    unsigned char chunk[B64_DCHUNK], dec[B64_DCHUNK / 4 * 3];
+    size_t n = 0, i, pad = 0, rem, total;
 
     if (s == NULL || (out == NULL && out_size > 0))
         return -1;
@@ -270,25 +206,37 @@ long base64_decode(const char *s, size_t len, void *out, size_t out_size)
         return -1;
     if (pad > 0 && (rem == 0 || pad != 4 - rem))
         return -1;
-    if (len / 4 * 3 + (rem ? rem - 1 : 0) > out_size)
-        return -1;
-    if (len / 4 * 3 > (size_t)0x7fffffff)
+    total = len / 4 * 3 + (rem ? rem - 1 : 0);
+    if (total > out_size || len / 4 * 3 > (size_t)0x7fffffff)
         return -1;
     for (i = 0; i < len; i++) {
-        int v = b64_value((unsigned char)s[i]);
-
-        if (v < 0)
+        if (b64_value((unsigned char)s[i]) < 0)
             return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            o[n++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
     }
-    if (acc != 0)
+    /* The spare low bits of the last character must be zero (2 chars: 4 bits, 3 chars: 2). */
+    if (rem != 0 && (b64_value((unsigned char)s[len - 1]) & (rem == 2 ? 15 : 3)) != 0)
         return -1;
+    for (i = 0; i < len; i += B64_DCHUNK) {
+        size_t take = len - i < B64_DCHUNK ? len - i : B64_DCHUNK, j, groups;
+        int k;
+
+        for (j = 0; j < take; j++) {
+            unsigned char c = (unsigned char)s[i + j];
+
+            chunk[j] = c == '-' ? '+' : c == '_' ? '/' : c;
+        }
+        while (j % 4 != 0)
+            chunk[j++] = '=';
+        groups = j / 4;
+        k = EVP_DecodeBlock(dec, chunk, (int)j);
+        if (k < 0 || (size_t)k != groups * 3)
+            return -1;
+        /* EVP counts padded positions as output bytes: keep only the real ones. */
+        k = (int)(total - n < (size_t)k ? total - n : (size_t)k);
+        memcpy(o + n, dec, (size_t)k);
+        n += (size_t)k;
+    }
+    OPENSSL_cleanse(dec, sizeof(dec));
     return (long)n;
 }
 
@@ -305,32 +253,57 @@ void hex_encode(const void *data, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
-bool crypto_equal(const void *a, const void *b, size_t len)
+static int hex_value(unsigned char c)
 {
-    const volatile uint8_t *x = a, *y = b;
-    uint8_t diff = 0;
-    size_t i;
-
-    for (i = 0; i < len; i++)
-        diff |= x[i] ^ y[i];
-    return diff == 0;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
-/* Reads len bytes from getrandom(2), retrying on EINTR and short reads (large requests). */
+long hex_decode(const char *s, size_t len, void *out, size_t out_size)
+{
+    uint8_t *o = out;
+    size_t i;
+
+    if (s == NULL || len % 2 != 0 || len / 2 > out_size || len / 2 > (size_t)0x7fffffff)
+        return -1;
+    for (i = 0; i < len; i += 2) {
+        int hi = hex_value((unsigned char)s[i]), lo = hex_value((unsigned char)s[i + 1]);
+
+        if (hi < 0 || lo < 0)
+            return -1;
+        o[i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    return (long)(len / 2);
+}
+
+bool crypto_equal(const void *a, const void *b, size_t len)
+{
+    return len == 0 || CRYPTO_memcmp(a, b, len) == 0;
+}
+
+/* RAND_bytes takes an int length: large requests go in pieces. */
 int crypto_random(void *buf, size_t len)
 {
-    uint8_t *p = buf;
+    unsigned char *p = buf;
 
     while (len > 0) {
-        ssize_t n = getrandom(p, len, 0);
+        int take = len > 1u << 20 ? 1 << 20 : (int)len;
 
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
+        if (RAND_bytes(p, take) != 1)
             return -1;
-        }
-        p += n;
-        len -= (size_t)n;
+        p += take;
+        len -= (size_t)take;
     }
     return 0;
+}
+
+void crypto_wipe(void *buf, size_t len)
+{
+    if (buf != NULL && len > 0)
+        OPENSSL_cleanse(buf, len);
 }

@@ -1,8 +1,10 @@
 /*
  * test_crypto.c: unit tests for src/crypto.c and src/leadref.c.
  *
- * SHA-256 against the FIPS 180-4 / NIST examples, HMAC-SHA256 against every RFC 4231 case, base64
- * against RFC 4648 section 10, and the signed lead references: round trip, tampering, expiry.
+ * The wrappers over libcrypto: SHA-256 against the FIPS 180-4 / NIST examples, HMAC-SHA256 against
+ * every RFC 4231 case, HMAC-SHA512 against RFC 4231 and HMAC-SHA1 against RFC 2202, base64 against
+ * RFC 4648 section 10 (plus our strictness), hex both ways, and the signed lead references: round
+ * trip, tampering, expiry.
  */
 #include <criterion/criterion.h>
 
@@ -107,6 +109,89 @@ Test(hmac_sha256, rfc4231)
     /* Case 7: long key and long data */
     expect_hmac(k, 131, long_data, sizeof(long_data) - 1, 32,
                 "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+}
+
+static void expect_generic(enum crypto_alg alg, const void *key, size_t key_len, const void *data,
+                           size_t len, const char *want)
+{
+    uint8_t d[CRYPTO_MAX_DIGEST];
+    char hex[2 * CRYPTO_MAX_DIGEST + 1];
+    size_t n = crypto_hmac(alg, key, key_len, data, len, d);
+
+    cr_assert_eq(n, strlen(want) / 2, "%s: %zu bytes", crypto_alg_name(alg), n);
+    hex_encode(d, n, hex);
+    cr_assert_str_eq(hex, want);
+}
+
+Test(crypto_hmac, sha512_rfc4231)
+{
+    uint8_t k[131];
+
+    memset(k, 0x0b, 20);
+    expect_generic(CRYPTO_SHA512, k, 20, "Hi There", 8,
+                   "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde"
+                   "daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854");
+    expect_generic(CRYPTO_SHA512, "Jefe", 4, "what do ya want for nothing?", 28,
+                   "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554"
+                   "9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737");
+    memset(k, 0xaa, 131);
+    expect_generic(CRYPTO_SHA512, k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54,
+                   "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352"
+                   "6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598");
+}
+
+Test(crypto_hmac, sha1_rfc2202)
+{
+    uint8_t k[80];
+
+    memset(k, 0x0b, 20);
+    expect_generic(CRYPTO_SHA1, k, 20, "Hi There", 8, "b617318655057264e28bc0b6fb378c8ef146be00");
+    expect_generic(CRYPTO_SHA1, "Jefe", 4, "what do ya want for nothing?", 28,
+                   "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    memset(k, 0xaa, 80);
+    expect_generic(CRYPTO_SHA1, k, 80, "Test Using Larger Than Block-Size Key - Hash Key First", 54,
+                   "aa4ae5e15272d00e95705637ce8a3b55ed402112");
+}
+
+Test(crypto_hmac, empty_key_and_message)
+{
+    expect_generic(CRYPTO_SHA256, "", 0, "", 0,
+                   "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
+Test(crypto_hmac, parts_equal_the_whole)
+{
+    static const struct crypto_part parts[] = {
+        {"what do ", 8}, {"", 0}, {"ya want", 7}, {" for nothing?", 13}};
+    uint8_t a[CRYPTO_MAX_DIGEST], b[CRYPTO_MAX_DIGEST];
+    int alg;
+
+    for (alg = 0; alg < CRYPTO_ALG__MAX; alg++) {
+        size_t n = crypto_hmac_parts((enum crypto_alg)alg, "Jefe", 4, parts, 4, a);
+
+        cr_assert_eq(n, crypto_digest_size((enum crypto_alg)alg));
+        cr_assert_eq(crypto_hmac((enum crypto_alg)alg, "Jefe", 4, "what do ya want for nothing?",
+                                 28, b),
+                     n);
+        cr_assert_eq(memcmp(a, b, n), 0);
+    }
+}
+
+Test(crypto_hmac, names_and_unknown_alg)
+{
+    enum crypto_alg alg = CRYPTO_SHA1;
+    uint8_t d[CRYPTO_MAX_DIGEST];
+
+    cr_assert_eq(crypto_alg_from_name("SHA512", &alg), 0);
+    cr_assert_eq(alg, CRYPTO_SHA512);
+    cr_assert_eq(crypto_alg_from_name("sha1", &alg), 0);
+    cr_assert_eq(alg, CRYPTO_SHA1);
+    cr_assert_eq(crypto_alg_from_name("md5", &alg), -1);
+    cr_assert_eq(crypto_alg_from_name(NULL, &alg), -1);
+    cr_assert_str_eq(crypto_alg_name(CRYPTO_SHA256), "sha256");
+    cr_assert_eq(crypto_digest_size(CRYPTO_SHA1), 20);
+    cr_assert_eq(crypto_digest_size(CRYPTO_ALG__MAX), 0);
+    cr_assert_eq(crypto_hmac(CRYPTO_ALG__MAX, "k", 1, "m", 1, d), 0);
 }
 
 Test(base64, rfc4648_encode)
@@ -216,6 +301,38 @@ Test(hex, lowercase)
     cr_assert_str_eq(out, "");
 }
 
+Test(hex, decode)
+{
+    uint8_t out[4];
+
+    cr_assert_eq(hex_decode("009fABff", 8, out, sizeof(out)), 4);
+    cr_assert_eq(memcmp(out, "\x00\x9f\xab\xff", 4), 0);
+    cr_assert_eq(hex_decode("", 0, out, sizeof(out)), 0);
+    cr_assert_eq(hex_decode("abc", 3, out, sizeof(out)), -1);      /* odd */
+    cr_assert_eq(hex_decode("zz", 2, out, sizeof(out)), -1);
+    cr_assert_eq(hex_decode("0011223344", 10, out, sizeof(out)), -1); /* no room */
+}
+
+Test(base64, long_input_crosses_chunks)
+{
+    uint8_t in[1000], back[1000];
+    char enc[1400];
+    size_t i, len;
+
+    for (i = 0; i < sizeof(in); i++)
+        in[i] = (uint8_t)(i * 7 + 3);
+    for (len = 40; len < sizeof(in); len += 37) {
+        size_t n = base64_encode(in, len, false, enc, sizeof(enc));
+
+        cr_assert_eq(n, (len + 2) / 3 * 4);
+        cr_assert_eq(base64_decode(enc, n, back, sizeof(back)), (long)len);
+        cr_assert_eq(memcmp(in, back, len), 0);
+        n = base64_encode(in, len, true, enc, sizeof(enc));
+        cr_assert_eq(base64_decode(enc, n, back, sizeof(back)), (long)len);
+        cr_assert_eq(memcmp(in, back, len), 0);
+    }
+}
+
 Test(crypto_equal, compares_every_byte)
 {
     cr_assert(crypto_equal("abcdef", "abcdef", 6));
@@ -237,7 +354,7 @@ Test(crypto_random, fills_and_varies)
     cr_assert_eq(crypto_random(b, sizeof(b)), 0);
     cr_assert_neq(memcmp(a, zero, sizeof(a)), 0);
     cr_assert_neq(memcmp(a, b, sizeof(a)), 0);
-    /* More than one getrandom() call may return: the tail must be filled too. */
+    /* A megabyte: the tail must be filled too. */
     cr_assert_eq(crypto_random(big, sizeof(big)), 0);
     for (i = sizeof(big) - 4096; i < sizeof(big); i++)
         nonzero += big[i] != 0;
