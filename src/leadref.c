@@ -50,7 +50,7 @@ enum lb_err leadref_sign(const char *secret, const char *target, const char *lea
         return LB_ERR_INTERNAL;
     out[0] = '\0';
     if (secret == NULL || secret[0] == '\0' || !leadref_field_ok(target) ||
-        !leadref_field_ok(lead_id) || expires < 0)
+        !leadref_field_ok(lead_id) || expires < 0 || expires > LEADREF_EXPIRES_MAX)
         return LB_ERR_INTERNAL;
     len = snprintf(payload, sizeof(payload), "%s\n%s\n%lld", target, lead_id, expires);
     if (len < 0 || (size_t)len >= sizeof(payload))
@@ -62,7 +62,7 @@ enum lb_err leadref_sign(const char *secret, const char *target, const char *lea
         goto too_small;
     out[n++] = '.';
     m = base64_encode(mac, sizeof(mac), true, out + n, out_size - n);
-    if (m == 0)
+    if (m == 0 || n + m > LEADREF_MAX)
         goto too_small;
     return LB_OK;
 
@@ -130,7 +130,7 @@ enum lb_err leadref_verify(const char *secret, const char *ref, long long now, c
     nl2 = memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1));
     if (nl2 == NULL || nl1 == payload || nl2 == nl1 + 1 || nl2 + 1 == end)
         goto out;
-    if (end - (nl2 + 1) > 18)
+    if (end - (nl2 + 1) > 18) /* LEADREF_EXPIRES_MAX has 18 digits */
         goto out;
     for (p = nl2 + 1; p < end; p++) {
         if (*p < '0' || *p > '9')

@@ -12,9 +12,16 @@
 
 #include "err.h"
 
+/* The longest reference, without its NUL, that leadref_verify reads (and leadref_sign writes). */
 #define LEADREF_MAX 512
+/* The latest expiry a reference can hold: 18 decimal digits. */
+#define LEADREF_EXPIRES_MAX 999999999999999999LL
 
-/* Writes a reference into out. LB_ERR_INTERNAL when it does not fit or the inputs are unusable. */
+/*
+ * Writes a reference into out. LB_ERR_INTERNAL when it does not fit out or LEADREF_MAX, or the
+ * inputs are unusable (expires outside 0..LEADREF_EXPIRES_MAX). What it writes, leadref_verify
+ * accepts until expires.
+ */
 enum lb_err leadref_sign(const char *secret, const char *target, const char *lead_id,
                          long long expires, char *out, size_t out_size);
 /*

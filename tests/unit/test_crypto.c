@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -567,4 +568,48 @@ Test(leadref, output_buffers_bounded)
     big_id[sizeof(big_id) - 1] = '\0';
     cr_assert_eq(leadref_sign(SECRET, "leadpro", big_id, NOW, ref, sizeof(ref)),
                  LB_ERR_INTERNAL);
+}
+
+/*
+ * Whatever leadref_sign accepts, leadref_verify takes back (issue 9: a fuzzer found expiries that
+ * signed but never verified). The edges: the largest expiry a reference holds, one past it, the
+ * type's limits, and every lead id length up to the point where signing must refuse.
+ */
+Test(leadref, sign_and_verify_agree_on_the_edges)
+{
+    static const long long expiries[] = {0, 1, NOW, LEADREF_EXPIRES_MAX - 1, LEADREF_EXPIRES_MAX,
+                                         LEADREF_EXPIRES_MAX + 1, LLONG_MAX - 1, LLONG_MAX};
+    char ref[LEADREF_MAX * 2], target[LEADREF_MAX], lead_id[LEADREF_MAX], id[LEADREF_MAX + 8];
+    size_t i, len, signed_ok = 0;
+
+    for (i = 0; i < sizeof(expiries) / sizeof(expiries[0]); i++) {
+        enum lb_err rc = leadref_sign(SECRET, "leadpro", "42", expiries[i], ref, sizeof(ref));
+
+        cr_assert_eq(rc, expiries[i] <= LEADREF_EXPIRES_MAX ? LB_OK : LB_ERR_INTERNAL,
+                     "expiry %lld", expiries[i]);
+        if (rc != LB_OK)
+            continue;
+        cr_assert_eq(leadref_verify(SECRET, ref, expiries[i], target, sizeof(target), lead_id,
+                                    sizeof(lead_id)),
+                     LB_OK, "expiry %lld signed but does not verify", expiries[i]);
+        cr_assert_str_eq(lead_id, "42");
+        if (expiries[i] < LLONG_MAX)
+            cr_assert_eq(leadref_verify(SECRET, ref, expiries[i] + 1, target, sizeof(target),
+                                        lead_id, sizeof(lead_id)),
+                         LB_ERR_GONE, "expiry %lld", expiries[i]);
+    }
+    /* Lead ids of every length, with a large output buffer: a signed reference always verifies. */
+    for (len = 1; len < sizeof(id); len++) {
+        memset(id, 'x', len);
+        id[len] = '\0';
+        if (leadref_sign(SECRET, "lofty", id, LEADREF_EXPIRES_MAX, ref, sizeof(ref)) != LB_OK)
+            continue;
+        signed_ok++;
+        cr_assert_leq(strlen(ref), LEADREF_MAX, "id length %zu", len);
+        cr_assert_eq(leadref_verify(SECRET, ref, NOW, target, sizeof(target), lead_id,
+                                    sizeof(lead_id)),
+                     LB_OK, "id length %zu signed but does not verify", len);
+        cr_assert_str_eq(lead_id, id);
+    }
+    cr_assert_gt(signed_ok, 100);
 }
