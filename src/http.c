@@ -5,7 +5,9 @@
  * options (curl_easy_reset keeps live connections, so keep-alive survives), applies the call's
  * timeouts, limits protocols to http and https, follows no redirects, caps the response body at
  * HTTP_MAX_RESPONSE and reads Retry-After / X-RateLimit-Reset from the final response's headers.
- * Error messages carry libcurl's text but never the URL's query or a header value.
+ * A transport failure's message starts with a plain reason ("could not connect", "connected, but
+ * the API closed the connection without answering", ...), then libcurl's text, but never the
+ * URL's query or a header value.
  */
 #include "config.h"
 
@@ -349,6 +351,59 @@ static void http_fail(struct http_reply *reply, const struct http_call *call, en
         reply->transport_message[0] = '\0';
 }
 
+/*
+ * Plain reasons for libcurl's transport failures, for a person reading a dead letter: what
+ * happened on the wire, in the order it can happen (name, connection, request, answer).
+ */
+static const struct http_reason {
+    CURLcode code;
+    enum lb_err err;
+    const char *reason;
+} http_reasons[] = {
+    {CURLE_URL_MALFORMAT, LB_ERR_UPSTREAM, "the API's URL is malformed"},
+    {CURLE_COULDNT_RESOLVE_PROXY, LB_ERR_UPSTREAM, "could not resolve the proxy's host name"},
+    {CURLE_COULDNT_RESOLVE_HOST, LB_ERR_UPSTREAM, "could not resolve the API's host name"},
+    {CURLE_COULDNT_CONNECT, LB_ERR_UPSTREAM, "could not connect"},
+    {CURLE_OPERATION_TIMEDOUT, LB_ERR_TIMEOUT, "timed out"},
+    {CURLE_SSL_CONNECT_ERROR, LB_ERR_UPSTREAM, "connected, but the TLS handshake failed"},
+    {CURLE_PEER_FAILED_VERIFICATION, LB_ERR_UPSTREAM,
+     "connected, but the API's TLS certificate could not be verified"},
+    {CURLE_SSL_CACERT_BADFILE, LB_ERR_UPSTREAM, "the CA certificates could not be read"},
+    {CURLE_SEND_ERROR, LB_ERR_UPSTREAM,
+     "connected, but the connection failed while sending the request"},
+    {CURLE_GOT_NOTHING, LB_ERR_UPSTREAM,
+     "connected, but the API closed the connection without answering"},
+    {CURLE_RECV_ERROR, LB_ERR_UPSTREAM,
+     "connected, but the connection failed while reading the answer"},
+    {CURLE_PARTIAL_FILE, LB_ERR_UPSTREAM, "the API's answer was cut short"},
+    {CURLE_WEIRD_SERVER_REPLY, LB_ERR_UPSTREAM, "the API's answer was not HTTP"},
+    /* An answer without a status line is HTTP/0.9, which libcurl refuses with this code. */
+    {CURLE_UNSUPPORTED_PROTOCOL, LB_ERR_UPSTREAM, "the API's answer was not HTTP"},
+    {CURLE_HTTP2, LB_ERR_UPSTREAM, "the API's HTTP/2 framing was broken"},
+    {CURLE_HTTP2_STREAM, LB_ERR_UPSTREAM, "the API reset its HTTP/2 stream"},
+    {CURLE_BAD_CONTENT_ENCODING, LB_ERR_UPSTREAM, "the API's answer had a broken encoding"},
+    {CURLE_OUT_OF_MEMORY, LB_ERR_UPSTREAM, "out of memory"},
+};
+
+/* Records transport failure rc in reply: its plain reason, then libcurl's words. */
+static void http_fail_curl(struct http_reply *reply, const struct http_call *call, CURLcode rc,
+                           const char *errbuf)
+{
+    const char *reason = "the call failed";
+    enum lb_err err = LB_ERR_UPSTREAM;
+    size_t i;
+
+    for (i = 0; i < sizeof(http_reasons) / sizeof(http_reasons[0]); i++) {
+        if (http_reasons[i].code == rc) {
+            reason = http_reasons[i].reason;
+            err = http_reasons[i].err;
+            break;
+        }
+    }
+    http_fail(reply, call, err, reason,
+              errbuf != NULL && errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc));
+}
+
 /* Sets the method and body. Returns CURLE_OK or the first failing option's code. */
 static CURLcode http_set_method(CURL *curl, const struct http_call *call)
 {
@@ -469,10 +524,8 @@ enum lb_err http_perform(struct http_client *c, const struct http_call *call,
     reply->status = status;
     if (t.too_large)
         http_fail(reply, call, LB_ERR_UPSTREAM, "response too large", NULL);
-    else if (rc == CURLE_OPERATION_TIMEDOUT)
-        http_fail(reply, call, LB_ERR_TIMEOUT, curl_easy_strerror(rc), c->errbuf);
     else if (rc != CURLE_OK)
-        http_fail(reply, call, LB_ERR_UPSTREAM, curl_easy_strerror(rc), c->errbuf);
+        http_fail_curl(reply, call, rc, c->errbuf);
     if (reply->transport != LB_OK)
         goto out;
     reply->retry_after = t.retry_after;

@@ -36,6 +36,8 @@ struct http_reply {
     long long retry_after;    /* seconds from Retry-After, or -1 */
     long long rate_limit_reset; /* epoch seconds from X-RateLimit-Reset, or -1 */
     enum lb_err transport;    /* LB_OK, LB_ERR_TIMEOUT or LB_ERR_UPSTREAM (connect, TLS, ...) */
+    /* For a person: a plain reason ("timed out", "could not connect", "connected, but ..."),
+     * then ": " and libcurl's words. */
     char transport_message[256];
 };
 

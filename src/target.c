@@ -103,7 +103,8 @@ static void target_set(struct target_result *r, enum delivery_outcome o, const c
  * Builds, performs and classifies one delivery of lead to t (see target.h). *result is
  * initialised here (it must not hold a valuation from before) and always says what happened:
  * a build failure is permanent (transient when only memory ran out), a transport failure is
- * transient with "timed out" or "could not connect" in the reason, an HTTP answer is classified
+ * transient with http.c's plain reason ("timed out", "could not connect", "connected, but the API
+ * closed the connection without answering", ...), an HTTP answer is classified
  * by the target. A webhook that names no lead gets our id (the submission id, or lead_id for an
  * update) so a reference can still be signed. For a transient outcome without the target's own
  * hint, retry_after comes from Retry-After or X-RateLimit-Reset. The call and reply are freed here.
@@ -140,9 +141,10 @@ void target_deliver(const struct target *t, struct http_client *http, enum targe
     rc = http_perform(http, &call, &reply);
     if (rc != LB_OK) {
         result->http_status = reply.status;
-        target_set(result, DELIVERY_TRANSIENT, "%s (%s)",
-                   rc == LB_ERR_TIMEOUT ? "timed out" : "could not connect",
-                   reply.transport_message);
+        target_set(result, DELIVERY_TRANSIENT, "%s",
+                   reply.transport_message[0] != '\0' ? reply.transport_message
+                   : rc == LB_ERR_TIMEOUT                ? "timed out"
+                                                         : "the call failed");
         goto out;
     }
     t->ops->classify(t->state, action, &reply, result);

@@ -436,7 +436,7 @@ class Failures(LeadProCase):
         self.st.standin_reset()     # releases the hung request
 
     def test_close_is_queued(self):
-        self.create_failing("close", "could not connect")
+        self.create_failing("close", "closed the connection without answering")
 
     def test_queued_lead_is_delivered_later_with_the_same_submission_id(self):
         # conf/leadpro.json retries after 1 s

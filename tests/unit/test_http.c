@@ -493,12 +493,58 @@ Test(http, connection_refused_is_upstream_without_secrets)
     cr_assert_eq(http_call_add_header(&call, "X-Api-Key", "HEADERSECRET"), LB_OK);
     cr_assert_eq(http_perform(c, &call, &reply), LB_ERR_UPSTREAM);
     cr_assert_eq(reply.status, 0);
-    cr_assert_neq(reply.transport_message[0], '\0');
+    cr_assert_eq(strncmp(reply.transport_message, "could not connect", 17), 0, "%s",
+                 reply.transport_message);
     cr_assert_null(strstr(reply.transport_message, "SECRETKEY"), "%s", reply.transport_message);
     cr_assert_null(strstr(reply.transport_message, "HEADERSECRET"));
     http_reply_free(&reply);
     http_call_free(&call);
     http_client_free(c);
+}
+
+/* Transport failures after the connection was made, each with its own plain reason (issue 9). */
+static void expect_transport_reason(const char *resp, long status, const char *reason)
+{
+    struct server s;
+    struct http_call call = {.method = "POST", .timeout_ms = 3000};
+    struct http_reply reply;
+    struct http_client *c = http_client_new();
+
+    cr_assert_not_null(c);
+    server_start(&s, resp, 1);
+    set_url(&call, &s, "/x");
+    call.body = dup_string("{}");
+    call.body_len = 2;
+    cr_assert_eq(http_perform(c, &call, &reply), LB_ERR_UPSTREAM, "answer %s", resp);
+    server_join(&s);
+    cr_assert_eq(s.requests, 1);
+    cr_assert_eq(reply.status, status);
+    cr_assert_eq(strncmp(reply.transport_message, reason, strlen(reason)), 0, "%s",
+                 reply.transport_message);
+    cr_assert_null(strstr(reply.transport_message, "could not connect"), "%s",
+                   reply.transport_message);
+    http_reply_free(&reply);
+    http_call_free(&call);
+    http_client_free(c);
+    server_free(&s);
+}
+
+Test(http, empty_reply_says_the_api_closed_without_answering)
+{
+    expect_transport_reason("", 0,
+                            "connected, but the API closed the connection without answering");
+}
+
+Test(http, cut_short_answer_says_so)
+{
+    expect_transport_reason("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\"", 200,
+                            "the API's answer was cut short");
+}
+
+Test(http, answer_that_is_not_http_says_so)
+{
+    expect_transport_reason("hello, this is not HTTP\r\n\r\n", 0,
+                            "the API's answer was not HTTP");
 }
 
 Test(http, other_schemes_refused)

@@ -680,6 +680,33 @@ Test(deliver, no_connection_is_transient)
     http_client_free(http);
 }
 
+/*
+ * An API that accepts the connection and the request, then closes without a byte of answer, is
+ * not one we "could not connect" to (issue 9): the reason says what happened.
+ */
+Test(deliver, empty_reply_is_not_a_connect_failure)
+{
+    struct server s;
+    struct target t;
+    struct target_result r;
+    struct http_client *http = http_client_new();
+
+    cr_assert_not_null(http);
+    server_start(&s, "");
+    make_target(&t, s.port);
+    target_deliver(&t, http, TARGET_CREATE, NULL, NULL, SID, &r);
+    server_join(&s);
+    cr_assert_eq(s.requests, 1, "the request did not reach the server");
+    cr_assert_eq(r.outcome, DELIVERY_TRANSIENT);
+    cr_assert_eq(r.http_status, 0);
+    cr_assert_null(strstr(r.reason, "could not connect"), "%s", r.reason);
+    cr_assert_not_null(strstr(r.reason, "closed the connection without answering"), "%s",
+                       r.reason);
+    target_result_clear(&r);
+    target_webhook_ops.free(t.state);
+    http_client_free(http);
+}
+
 Test(deliver, unsupported_action_and_build_failure_are_permanent)
 {
     struct target t;
