@@ -35,6 +35,22 @@ REQUEST_TIMEOUT = 15.0     # socket timeout for one request
 TEST_SECRET = "integration-test-secret-0123456789"
 
 
+# The only variables a child of the harness takes from whoever runs the tests: the search path,
+# the temp dir and the sanitizers' options. Everything else is built here, so a deployed host's
+# LEADBRIDGE_SECRET, LEADBRIDGE_CONFIG, API URLs and keys (the ${VAR}s the configs expand), the
+# stand-in's LEADAPI_* options or our own LB_TEST_* never reach a process a test starts.
+INHERITED_VARS = ("PATH", "TMPDIR", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def base_env(**extra):
+    """A child's environment from scratch: INHERITED_VARS from ours, then extra."""
+    env = {k: os.environ[k] for k in INHERITED_VARS if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra)
+    return env
+
+
 def srcdir():
     """The repository (source) directory: $LB_SRCDIR, else two levels above this file."""
     d = os.environ.get("LB_SRCDIR")
@@ -319,16 +335,16 @@ class Stack:
     def bridge_log(self):
         return os.path.join(self.dir, "bridge.log")
 
-    def bridge_env(self):
-        """The environment for the bridge: ports, paths and API URLs for the configs' ${VAR}s."""
+    def config_vars(self):
+        """What the configs' ${VAR}s expand to for this stack: ports, paths, API URLs, test keys."""
         s = self.standin_url
-        env = dict(os.environ)
+        env = {}
         env.update({
             "LB_TEST_WEB": self.web,
             "LB_TEST_STANDIN": s,
             "LB_TEST_SPOOL": os.path.join(self.dir, "spool"),
             "LB_TEST_SECRET": TEST_SECRET,
-            "LEADBRIDGE_SECRET": env.get("LEADBRIDGE_SECRET", TEST_SECRET),
+            "LEADBRIDGE_SECRET": TEST_SECRET,
             "LEADBRIDGE_SPOOL": os.path.join(self.dir, "spool"),
             "LEADBRIDGE_SITE": self.web,
             "LEADPRO_URL": s + "/leadpro/api/v103",
@@ -345,6 +361,10 @@ class Stack:
         })
         env.update(self.extra_env)
         return env
+
+    def bridge_env(self):
+        """The bridge's whole environment, built from scratch: base_env() + config_vars()."""
+        return base_env(**self.config_vars())
 
     def _write_nginx_conf(self):
         with open(os.path.join(HERE, "nginx.conf.in")) as f:
@@ -375,7 +395,8 @@ class Stack:
         log = open(stderr_file or os.path.join(self.dir, name + ".log"), "ab")
         try:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 env=env, cwd=self.dir, start_new_session=True)
+                                 env=env if env is not None else base_env(), cwd=self.dir,
+                                 start_new_session=True)
         finally:
             log.close()
         self.procs[name] = p
@@ -426,7 +447,7 @@ class Stack:
                     "--port", str(self.standin_port)]
             if self.record:
                 argv += ["--record", self.record]
-            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+            env = base_env(PYTHONDONTWRITEBYTECODE="1")
             self._spawn("standin", argv, env=env)
             self._wait_accepting("standin", "127.0.0.1:%d" % self.standin_port,
                                  lambda: self.standin_get("/_control/health")[0] == 200)
@@ -558,7 +579,7 @@ class Stack:
     def run_cgi(self, env, stdin=b"", timeout=REQUEST_TIMEOUT):
         """Runs the binary as plain CGI with the CGI variables env (plus the config and the test
         variables). Returns (Response, exit status, stderr text)."""
-        e = self.bridge_env() if self.dir else dict(os.environ)
+        e = self.bridge_env() if self.dir else base_env()
         if self.dir:
             e["LEADBRIDGE_CONFIG"] = self.config
         e.setdefault("GATEWAY_INTERFACE", "CGI/1.1")
@@ -570,7 +591,7 @@ class Stack:
 
     def run_bin(self, args, env=None, timeout=REQUEST_TIMEOUT):
         """Runs the binary with args (not as CGI). Returns CompletedProcess with text output."""
-        e = self.bridge_env() if self.dir else dict(os.environ)
+        e = self.bridge_env() if self.dir else base_env()
         e.pop("GATEWAY_INTERFACE", None)
         e.update(env or {})
         return subprocess.run([self.bin] + list(args), stdin=subprocess.DEVNULL,

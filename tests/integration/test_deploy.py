@@ -130,8 +130,7 @@ def deploy_stack(**kw):
 def bridge_vars(st):
     """The variables the config's ${VAR}s need (those Stack adds to the environment), plus the
     sanitizers' options when set."""
-    env = st.bridge_env()
-    out = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    out = st.config_vars()
     for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
         if k in os.environ:
             out[k] = os.environ[k]
@@ -234,7 +233,8 @@ class Apache:
         try:
             self.proc = subprocess.Popen([self.bin, "-f", conf, "-DFOREGROUND"],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=self.dir, start_new_session=True)
+                                         env=harness.base_env(), cwd=self.dir,
+                                         start_new_session=True)
         finally:
             log.close()
         if not wait_until(lambda: self.proc.poll() is not None or accepting(self.port)) \
@@ -597,7 +597,7 @@ def start_nginx(dir_, port, fcgi):
     try:
         p = subprocess.Popen([nginx, "-p", dir_, "-e", os.path.join(dir_, "nginx-error.log"),
                               "-c", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True)
+                             env=harness.base_env(), start_new_session=True)
     finally:
         log.close()
     if not wait_until(lambda: p.poll() is not None or accepting(port)) or p.poll() is not None:

@@ -49,8 +49,10 @@ def setUpModule():
     RECORD = os.path.join(TMPDIR.name, "record.json")
     LOG = open(os.path.join(TMPDIR.name, "stderr.log"), "w+b")
     PORT = free_port()
+    # From scratch: the stand-in reads LEADAPI_* options, which the caller's shell must not set.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
     PROC = subprocess.Popen([sys.executable, SERVER, "--port", str(PORT), "--record", RECORD],
-                            stdout=subprocess.DEVNULL, stderr=LOG)
+                            stdout=subprocess.DEVNULL, stderr=LOG, env=env)
     deadline = time.monotonic() + 10
     while True:
         try:
