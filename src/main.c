@@ -25,6 +25,7 @@
 #include <curl/curl.h>
 
 #include "config.h"
+#include "db.h"
 #include "handler.h"
 #include "http.h"
 #include "log.h"
@@ -514,6 +515,31 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
     return 2;
 }
 
+/* `leadbridge db migrate|status`: the PostgreSQL outbox's schema. Returns the exit status. */
+static int db_subcommand(const struct config *cfg, int argc, char **argv)
+{
+    const char *cmd = argc > 0 ? argv[0] : "";
+    struct lb_error err = {LB_OK, ""};
+    enum lb_err e;
+
+    if (strcmp(cmd, "migrate") != 0 && strcmp(cmd, "status") != 0) {
+        fprintf(stderr, "leadbridge: db takes migrate or status\n");
+        return 2;
+    }
+    if (cfg->outbox.store != OUTBOX_STORE_POSTGRESQL) {
+        fprintf(stderr, "leadbridge: db: this config keeps the outbox in a spool directory, not "
+                        "in PostgreSQL (\"outbox\": {\"store\": \"postgresql\", \"dsn\": ...})\n");
+        return 2;
+    }
+    e = strcmp(cmd, "migrate") == 0 ? db_migrate(cfg->outbox.dsn, stdout, &err)
+                                    : db_status(cfg->outbox.dsn, stdout, &err);
+    if (e != LB_OK) {
+        fprintf(stderr, "leadbridge: db %s: %s\n", cmd, err.message);
+        return 1;
+    }
+    return 0;
+}
+
 /* Whether any form delivers leads (echo forms need no spool). */
 static bool needs_outbox(const struct config *cfg)
 {
@@ -531,6 +557,7 @@ static void usage(FILE *out)
             "       leadbridge --dry-run [-c FILE] < body   (CGI environment)\n"
             "       leadbridge queue list|show ID|retry ID|retry --all|run [--json] [-c FILE]\n"
             "       leadbridge queue purge --dead|--done --older-than DAYS [-c FILE]\n"
+            "       leadbridge db migrate|status [-c FILE]   (the PostgreSQL outbox's schema)\n"
             "\n"
             "Turns website form posts into leads in lead-management APIs. Runs as a FastCGI\n"
             "responder (own socket with -s, inherited socket on fd 0, or systemd's LISTEN_FDS)\n"
@@ -570,7 +597,7 @@ int main(int argc, char **argv)
     struct config *cfg = NULL;
     struct outbox *ob = NULL;
     struct queue_opts qo = {false, false, false, false, -1, (long long)time(NULL)};
-    bool queue = false;
+    bool queue = false, db = false;
     struct diag d;
     const char *listen_pid;
 
@@ -620,6 +647,9 @@ int main(int argc, char **argv)
     if (optind < argc && strcmp(argv[optind], "queue") == 0) {
         queue = true;
         optind++;
+    } else if (optind < argc && strcmp(argv[optind], "db") == 0) {
+        db = true;
+        optind++;
     } else if (optind < argc) {
         fprintf(stderr, "leadbridge: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
@@ -643,6 +673,15 @@ int main(int argc, char **argv)
     if (check) {
         printf("%s: ok (%zu forms, %zu targets)\n", config_path, cfg->n_forms, cfg->n_targets);
         rc = 0;
+        goto out;
+    }
+    if (db) {
+        rc = db_subcommand(cfg, argc - optind, argv + optind);
+        goto out;
+    }
+    if (cfg->outbox.store == OUTBOX_STORE_POSTGRESQL && (queue || !dry_run)) {
+        fprintf(stderr, "leadbridge: outbox.store \"postgresql\": this build serves and queues "
+                        "from a spool only; `leadbridge db` prepares the database\n");
         goto out;
     }
     if (queue || (!dry_run && needs_outbox(cfg))) {

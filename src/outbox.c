@@ -97,12 +97,33 @@ void outbox_conf_default(struct outbox_conf *c)
     c->tmp_max_age = 3600;
 }
 
+/* "store" and "dsn": which store holds the jobs. */
+static void outbox_conf_store(const json_t *obj, const char *path, struct diag *d,
+                              struct outbox_conf *out)
+{
+    const char *store = conf_string(obj, "store", path, "spool", false, d);
+    char p[512];
+
+    if (strcmp(store, "postgresql") == 0) {
+        out->store = OUTBOX_STORE_POSTGRESQL;
+        out->dsn = conf_string(obj, "dsn", path, NULL, true, d);
+    } else if (strcmp(store, "spool") == 0) {
+        if (json_object_get(obj, "dsn") != NULL) {
+            conf_path(p, sizeof(p), path, "dsn");
+            diag_add(d, p, "only with \"store\": \"postgresql\"");
+        }
+    } else {
+        conf_path(p, sizeof(p), path, "store");
+        diag_add(d, p, "must be \"spool\" or \"postgresql\"");
+    }
+}
+
 void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
                            struct outbox_conf *out)
 {
-    static const char *const keys[] = {"retry_schedule", "max_age",        "jitter",
-                                       "done_retention", "dead_retention", "duplicate_window",
-                                       NULL};
+    static const char *const keys[] = {"retry_schedule", "max_age",          "jitter",
+                                       "done_retention", "dead_retention",   "duplicate_window",
+                                       "store",          "dsn",              NULL};
     const long long ten_years = 10LL * 365 * 86400;
     char p[512], ip[512];
     json_t *sched;
@@ -152,6 +173,7 @@ void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
         conf_integer(obj, "dead_retention", path, out->dead_retention, 0, ten_years, d);
     out->duplicate_window =
         conf_integer(obj, "duplicate_window", path, out->duplicate_window, 0, 86400, d);
+    outbox_conf_store(obj, path, d, out);
 }
 
 /* ---- small helpers ---- */

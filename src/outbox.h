@@ -59,7 +59,16 @@
 #define OUTBOX_SCHEDULE_MAX 32
 #define OUTBOX_FILE_MAX (1024 * 1024)    /* no spool file is read or written past this size */
 
+enum outbox_store_kind {
+    OUTBOX_STORE_SPOOL = 0,  /* the spool directory on this host (config "spool") */
+    OUTBOX_STORE_POSTGRESQL, /* one PostgreSQL database shared by several hosts */
+    OUTBOX_STORE__MAX
+};
+
 struct outbox_conf {
+    enum outbox_store_kind store; /* "store": "spool" (default) or "postgresql" */
+    const char *dsn;            /* "dsn": libpq connection string (postgresql; borrowed from
+                                   the config document, NULL otherwise) */
     long long schedule[OUTBOX_SCHEDULE_MAX]; /* seconds before retry n+1; the last one repeats */
     size_t n_schedule;                       /* >= 1 */
     long long max_age;          /* seconds from "created" after which a job goes to dead/ */
@@ -81,7 +90,8 @@ void outbox_conf_default(struct outbox_conf *c);
  * Reads the config object "outbox" (borrowed; NULL gives the defaults) found at path into *out:
  * keys "retry_schedule" (array of seconds, 1..32 entries, each 1..2592000), "max_age",
  * "jitter" (0..1), "done_retention", "dead_retention" (seconds, 0..10 years) and
- * "duplicate_window" (0..1 day). Mistakes go to d and leave the default in place.
+ * "duplicate_window" (0..1 day), "store" ("spool" or "postgresql") and "dsn" (required with,
+ * and only with, "postgresql"; borrowed from obj). Mistakes go to d and leave the default.
  */
 void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
                            struct outbox_conf *out);
