@@ -367,19 +367,28 @@ enum lb_err db_schema_version(PGconn *c, int *version, struct lb_error *err)
     return e;
 }
 
+/* A single connection for a command (*out; PQfinish it even on failure). */
+static enum lb_err db_connect_once(const char *dsn, PGconn **out, struct lb_error *err)
+{
+    char why[160];
+
+    *out = db_connect(dsn);
+    if (*out != NULL && PQstatus(*out) == CONNECTION_OK)
+        return LB_OK;
+    db_conn_message(*out, why, sizeof(why));
+    return lb_fail(err, LB_ERR_UNAVAILABLE, "the database is unreachable: %s", why);
+}
+
 enum lb_err db_migrate(const char *dsn, FILE *out, struct lb_error *err)
 {
-    PGconn *c = db_connect(dsn);
-    char why[160], vtext[16];
+    PGconn *c = NULL;
+    char vtext[16];
     const char *param[1];
     int version = 0;
-    enum lb_err e;
+    enum lb_err e = db_connect_once(dsn, &c, err);
 
-    if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-        db_conn_message(c, why, sizeof(why));
-        e = lb_fail(err, LB_ERR_UNAVAILABLE, "the database is unreachable: %s", why);
+    if (e != LB_OK)
         goto out;
-    }
     e = db_command(c, "BEGIN", 0, NULL, err);
     if (e == LB_OK)
         e = db_command(c, "SELECT pg_advisory_xact_lock(" DB_MIGRATE_LOCK ")", 0, NULL, err);
@@ -425,17 +434,12 @@ out:
 
 enum lb_err db_status(const char *dsn, FILE *out, struct lb_error *err)
 {
-    PGconn *c = db_connect(dsn);
-    char why[160];
+    PGconn *c = NULL;
     int version = 0;
-    enum lb_err e;
+    enum lb_err e = db_connect_once(dsn, &c, err);
 
-    if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-        db_conn_message(c, why, sizeof(why));
-        e = lb_fail(err, LB_ERR_UNAVAILABLE, "the database is unreachable: %s", why);
-        goto out;
-    }
-    e = db_schema_version(c, &version, err);
+    if (e == LB_OK)
+        e = db_schema_version(c, &version, err);
     if (e != LB_OK)
         goto out;
     fprintf(out, "schema version %d (this leadbridge needs %d)\n", version, DB_SCHEMA_VERSION);
