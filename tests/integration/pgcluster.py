@@ -87,11 +87,9 @@ class PgCluster:
         return os.path.join(self.dir, "server.log")
 
     def _env(self):
-        # Never the caller's PG* variables: everything is passed explicitly.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        env["TZ"] = "UTC"
-        return env
+        # From scratch: never the caller's PG* variables; everything is passed explicitly.
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "LC_ALL": "C", "TZ": "UTC"}
 
     def _cmd(self, argv, timeout=START_TIMEOUT, check=True, input_text=None):
         kw = {}

@@ -21,7 +21,7 @@ from pgcluster import PgCluster
 
 def run(args, config, timeout=60):
     # Hermetic: only what the program needs, never the caller's LEADBRIDGE_* or PG* variables.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    env = harness.base_env(LC_ALL="C")
     p = subprocess.run([harness.find_binary(), "-c", config] + args, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, env=env, timeout=timeout)
     return p.returncode, p.stdout.decode(), p.stderr.decode()
