@@ -306,7 +306,7 @@ static void expand_tree(json_t *v, const char *path, int level, struct diag *d)
 
 static const char *const top_keys[] = {
     "secret", "ref_ttl", "spool", "threads", "body_limit", "attribution", "targets", "forms",
-    "outbox", NULL,
+    "outbox", "metrics", "health", NULL,
 };
 static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
 static const char *const form_base_keys[] = {
@@ -621,6 +621,8 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
     c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
     c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
     load_attribution(c, json_object_get(c->root, "attribution"), d);
+    monitor_conf_from_json(json_object_get(c->root, "metrics"), json_object_get(c->root, "health"),
+                           d, &c->monitor);
     load_targets(c, json_object_get(c->root, "targets"), d);
 
     forms = json_object_get(c->root, "forms");
@@ -646,6 +648,12 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
                     conf_path(pp, sizeof(pp), p, "path");
                     diag_add(d, pp, "form \"%s\" already uses this path", c->forms[i].name);
                 }
+            if (monitor_owns_path(&c->monitor, f->path)) {
+                char pp[PATH_SIZE];
+
+                conf_path(pp, sizeof(pp), p, "path");
+                diag_add(d, pp, "is the metrics or health path");
+            }
             if ((f->action == FORM_UPDATE || f->action == FORM_VALUATION ||
                  f->action == FORM_CREATE) && c->secret == NULL)
                 diag_add(d, p, "forms that create or update leads need the top-level \"secret\"");
@@ -723,6 +731,7 @@ void config_free(struct config *c)
     free(c->targets);
     free((char *)c->attribution.cookie_name);
     free_strings((char **)c->attribution.trusted_proxies, c->attribution.n_trusted_proxies);
+    monitor_conf_free(&c->monitor);
     free(c->secret);
     free(c->spool_dir);
     free(c->file);

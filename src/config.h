@@ -17,6 +17,7 @@
 
 #include "attribution.h"
 #include "diag.h"
+#include "monitor.h"
 #include "outbox.h"
 
 struct ruleset;
@@ -48,6 +49,7 @@ struct config {
     size_t body_limit;       /* default for forms */
     int threads;             /* default worker threads */
     struct attribution_conf attribution;
+    struct monitor_conf monitor; /* "metrics" and "health" */
     struct target *targets;
     size_t n_targets;
     struct form *forms;

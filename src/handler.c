@@ -19,6 +19,8 @@
 #include "attribution.h"
 #include "crypto.h"
 #include "leadref.h"
+#include "metrics.h"
+#include "monitor.h"
 #include "outbox.h"
 #include "rules.h"
 #include "target.h"
@@ -668,6 +670,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     enum lb_err e;
     double start = now_ms();
     enum target_action action;
+    bool monitoring = false;
 
     memset(&j, 0, sizeof(j));
     j.cfg = cfg;
@@ -685,6 +688,10 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
 
+    if (monitor_handle(&cfg->monitor, w->outbox, &j.req, out, rec)) {
+        monitoring = true; /* scrapes and health checks are not counted as requests */
+        goto out;
+    }
     j.form = config_find_form(cfg, j.req.path);
     if (j.form == NULL) {
         rec->outcome = "not_found";
@@ -796,10 +803,12 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     }
     accept_and_deliver(&j, action, &body, out, rec);
 out:
-    if (out->body == NULL && out->location == NULL && out->status != 204)
+    if (out->body == NULL && out->text == NULL && out->location == NULL && out->status != 204)
         response_error(out, LB_ERR_NOMEM, NULL);
     rec->status = out->status;
     rec->duration_ms = now_ms() - start;
+    if (!monitoring)
+        metrics_request(rec->form, rec->status, rec->duration_ms / 1000.0);
     buf_free(&body);
     json_decref(j.attribution);
     json_decref(j.lead);

@@ -29,6 +29,8 @@
 #include "handler.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
+#include "monitor.h"
 #include "outbox.h"
 #include "rules.h"
 #include "target.h"
@@ -488,6 +490,8 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
         printf(o->json ? "{\"purged\": %zu}\n" : "%zu record(s) removed\n", count);
         return 0;
     }
+    if (strcmp(cmd, "stats") == 0)
+        return monitor_print_stats(ob, o->json, o->now, stdout);
     if (strcmp(cmd, "run") == 0) {
         struct retry_ctx ctx = {cfg, http_client_new()};
         struct outbox_run_stats st;
@@ -510,7 +514,8 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
                    st.delivered, st.done, st.retried, st.dead, st.busy);
         return 0;
     }
-    fprintf(stderr, "leadbridge: unknown queue command \"%s\" (list, show, retry, purge, run)\n",
+    fprintf(stderr, "leadbridge: unknown queue command \"%s\" (list, show, stats, retry, purge, "
+                    "run)\n",
             cmd);
     return 2;
 }
@@ -540,9 +545,21 @@ static int db_subcommand(const struct config *cfg, int argc, char **argv)
     return 0;
 }
 
-/* Whether any form delivers leads (echo forms need no spool). */
+/* The outbox's dead-letter hook: counted for monitoring. */
+static void on_dead_letter(void *ctx, const char *id, const char *form, const char *target,
+                           const char *reason)
+{
+    (void)ctx;
+    (void)id;
+    (void)reason;
+    metrics_dead(form, target);
+}
+
+/* Whether any form delivers leads, or monitoring is on (echo forms alone need no spool). */
 static bool needs_outbox(const struct config *cfg)
 {
+    if (cfg->monitor.metrics_path != NULL || cfg->monitor.health_path != NULL)
+        return true;
     for (size_t i = 0; i < cfg->n_forms; i++)
         if (cfg->forms[i].action != FORM_ECHO)
             return true;
@@ -555,7 +572,7 @@ static void usage(FILE *out)
             "usage: leadbridge [-c FILE] [-s unix:/PATH | -s HOST:PORT] [-t THREADS]\n"
             "       leadbridge --check [-c FILE]\n"
             "       leadbridge --dry-run [-c FILE] < body   (CGI environment)\n"
-            "       leadbridge queue list|show ID|retry ID|retry --all|run [--json] [-c FILE]\n"
+            "       leadbridge queue list|show ID|stats|retry ID|retry --all|run [--json] [-c FILE]\n"
             "       leadbridge queue purge --dead|--done --older-than DAYS [-c FILE]\n"
             "       leadbridge db migrate|status [-c FILE]   (the PostgreSQL outbox's schema)\n"
             "\n"
@@ -692,6 +709,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "leadbridge: spool %s: %s\n", cfg->spool_dir, err.message);
             goto out;
         }
+        if (metrics_open(outbox_dir(ob), &err) != LB_OK)
+            fprintf(stderr, "leadbridge: metrics are off: %s\n", err.message);
+        outbox_set_dead_hook(ob, on_dead_letter, NULL);
     }
     if (queue) {
         rc = queue_command(cfg, ob, argc - optind, argv + optind, &qo);
@@ -727,6 +747,7 @@ int main(int argc, char **argv)
     }
     rc = serve_fastcgi(cfg, ob, listen_fd, socket_spec != NULL, threads);
 out:
+    metrics_close();
     outbox_close(ob);
     diag_free(&d);
     config_free(cfg);

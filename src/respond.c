@@ -58,18 +58,29 @@ void response_free(struct response *r)
     free(r->location);
     free(r->allow_origin);
     json_decref(r->body);
+    free(r->text);
     r->location = NULL;
     r->allow_origin = NULL;
     r->body = NULL;
+    r->text = NULL;
 }
 
 void response_json(struct response *r, int status, json_t *body)
 {
     json_decref(r->body);
     free(r->location);
+    free(r->text);
     r->location = NULL;
+    r->text = NULL;
     r->status = status;
     r->body = body;
+}
+
+void response_text(struct response *r, int status, const char *content_type, char *text)
+{
+    response_json(r, status, NULL);
+    r->text = text;
+    r->text_type = content_type;
 }
 
 void response_error(struct response *r, enum lb_err code, const char *message)
@@ -201,6 +212,11 @@ enum lb_err response_serialize(const struct response *r, bool head_only, struct 
                 e = buf_putc(out, '\n');
         }
         free(body);
+    } else if (e == LB_OK && r->text != NULL) {
+        e = buf_printf(out, "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n", r->text_type,
+                       strlen(r->text));
+        if (e == LB_OK && !head_only)
+            e = buf_puts(out, r->text);
     } else if (e == LB_OK) {
         e = buf_puts(out, "Content-Length: 0\r\n\r\n");
     }

@@ -23,6 +23,8 @@ struct response {
     char *allow_origin;    /* owned; Access-Control-Allow-Origin for allowed cross-origin scripts */
     long long retry_after; /* Retry-After seconds, or -1 */
     bool preflight;        /* a CORS preflight answer: adds the Allow-Methods/Headers lines */
+    char *text;            /* owned non-JSON body (metrics); NULL for none */
+    const char *text_type; /* static Content-Type of text */
 };
 
 void response_init(struct response *r);
@@ -32,6 +34,8 @@ void response_free(struct response *r);
 void response_error(struct response *r, enum lb_err code, const char *message);
 /* Sets status and body (stolen). */
 void response_json(struct response *r, int status, json_t *body);
+/* Sets status and a text body (stolen, NUL-terminated) of type content_type (static). */
+void response_text(struct response *r, int status, const char *content_type, char *text);
 /*
  * Sets a 303 to base_url with params (an object of string/number/bool values, borrowed) appended
  * to its query string, percent-encoded. LB_ERR_INTERNAL if base_url holds CR/LF/NUL.

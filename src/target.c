@@ -13,6 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics.h"
+
 static const struct target_ops *const target_table[] = {
     &target_leadpro_ops,
     &target_leadping_ops,
@@ -175,6 +177,7 @@ void target_deliver(const struct target *t, struct http_client *http, enum targe
     }
 
 out:
+    metrics_delivery(t->name, delivery_outcome_name(result->outcome));
     http_call_free(&call);
     http_reply_free(&reply);
 }
