@@ -237,30 +237,21 @@ static bool url_origin(const char *url, bool whole, char *out, size_t size)
     return true;
 }
 
-/* The page's origin: Origin (unless "null"), else the Referer's, else the scheme and Host. */
+/*
+ * The page's origin: Origin (unless "null"), else the Referer's. Never the Host header: without
+ * Origin and Referer the post came from a server (a form builder), and Host is our own address.
+ */
 static bool host_of(const struct request *r, char *out, size_t size)
 {
-    size_t n, i;
-    int w;
-
     if (r->origin != NULL && strcmp(r->origin, "null") != 0 && url_origin(r->origin, true, out,
                                                                            size))
         return true;
-    if (url_origin(r->referer, false, out, size))
-        return true;
-    if (r->http_host == NULL)
-        return false;
-    n = strlen(r->http_host);
-    if (!authority_ok(r->http_host, n))
-        return false;
-    w = snprintf(out, size, "%s://%s", r->https ? "https" : "http", r->http_host);
-    if (w < 0 || (size_t)w >= size)
-        return false;
-    for (i = 0; out[i] != '\0'; i++) {
-        if (out[i] >= 'A' && out[i] <= 'Z')
-            out[i] = (char)(out[i] - 'A' + 'a');
-    }
-    return true;
+    return url_origin(r->referer, false, out, size);
+}
+
+bool attribution_url_origin(const char *url, char *out, size_t size)
+{
+    return url_origin(url, false, out, size);
 }
 
 /* An IPv4 or IPv6 address in binary form. */

@@ -10,6 +10,7 @@
 #ifndef LB_ATTRIBUTION_H
 #define LB_ATTRIBUTION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -30,8 +31,9 @@ extern const size_t attribution_param_count;
 /*
  * Returns a new object with the keys that have values, among attribution_param_keys plus "host",
  * "landing_page", "referrer", "ip", "user_agent". Never NULL unless out of memory.
- * - host: Origin (unless "null"), else the Referer's scheme://host[:port], else scheme + Host;
- *   lower case, http(s) only.
+ * - host: Origin (unless "null"), else the Referer's scheme://host[:port]; lower case, http(s)
+ *   only. Never the Host header (our own address): a server-to-server post has no host here, and
+ *   the form's config may supply one (see inbound.h).
  * - landing_page / referrer: the submitted field, else the http(s) Referer without query and
  *   fragment (a "referrer" field that is present but empty means no referrer).
  * - ip: REMOTE_ADDR; when that is a trusted proxy, the right-most X-Forwarded-For address that is
@@ -40,5 +42,8 @@ extern const size_t attribution_param_count;
  * max_value 0 means 512. Thread-safe; reads r and conf only.
  */
 json_t *attribution_extract(const struct request *r, const struct attribution_conf *conf);
+
+/* Writes the lower-case "scheme://host[:port]" of an http(s) URL into out; false if it has none. */
+bool attribution_url_origin(const char *url, char *out, size_t size);
 
 #endif

@@ -15,9 +15,11 @@
 #include <string.h>
 
 #include "buf.h"
+#include "inbound.h"
 #include "parse.h"
 #include "rules.h"
 #include "target.h"
+#include "verify.h"
 
 #define CONFIG_MAX_SIZE (4 * 1024 * 1024)
 #define PATH_SIZE 512
@@ -311,7 +313,7 @@ static const char *const top_keys[] = {
 static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
 static const char *const form_base_keys[] = {
     "path", "action", "targets", "origins", "success_page", "error_page", "body_limit",
-    "webhook_secret",
+    "webhook_secret", "verify",
 };
 
 static char *dup_or_null(const char *s)
@@ -419,12 +421,14 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
     char p[PATH_SIZE];
     json_t *targets, *v;
     size_t i, n_allowed = 0;
-    const char *allowed[32];
+    const char *allowed[48];
 
     for (i = 0; i < sizeof(form_base_keys) / sizeof(form_base_keys[0]); i++)
         allowed[n_allowed++] = form_base_keys[i];
-    for (i = 0; rules_form_keys[i] != NULL && n_allowed < 31; i++)
+    for (i = 0; rules_form_keys[i] != NULL && n_allowed < 47; i++)
         allowed[n_allowed++] = rules_form_keys[i];
+    for (i = 0; inbound_form_keys[i] != NULL && n_allowed < 47; i++)
+        allowed[n_allowed++] = inbound_form_keys[i];
     allowed[n_allowed] = NULL;
 
     f->name = strdup(name);
@@ -511,6 +515,9 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
                      f->targets[i]->ops->type, form_action_name(f->action));
     }
     f->rules = rules_compile(obj, path, d);
+    conf_path(p, sizeof(p), path, "verify");
+    f->verify = verify_compile(json_object_get(obj, "verify"), p, d);
+    f->inbound = inbound_compile(obj, path, d);
 }
 
 static void load_targets(struct config *c, const json_t *targets, struct diag *d)
@@ -721,6 +728,8 @@ void config_free(struct config *c)
         free(f->success_page);
         free(f->error_page);
         free(f->webhook_secret);
+        verify_free(f->verify);
+        inbound_free(f->inbound);
     }
     free(c->forms);
     for (i = 0; i < c->n_targets; i++) {

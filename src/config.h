@@ -20,8 +20,10 @@
 #include "monitor.h"
 #include "outbox.h"
 
+struct inbound;
 struct ruleset;
 struct target;
+struct verify;
 
 enum form_action { FORM_ECHO = 0, FORM_CREATE, FORM_VALUATION, FORM_UPDATE, FORM_ACTION__MAX };
 
@@ -38,6 +40,8 @@ struct form {
     char *error_page;
     size_t body_limit;
     char *webhook_secret;    /* shared secret for server-to-server update calls; NULL: none */
+    struct verify *verify;   /* inbound signature or secret check; NULL: none */
+    struct inbound *inbound; /* event id, host and parsing limits for builders' posts */
 };
 
 struct config {

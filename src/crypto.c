@@ -95,7 +95,8 @@ size_t crypto_hmac_parts(enum crypto_alg alg, const void *key, size_t key_len,
     ctx = EVP_MAC_CTX_new(mac);
     if (ctx == NULL)
         goto out;
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0);
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *)EVP_MD_get0_name(md), 0);
     params[1] = OSSL_PARAM_construct_end();
     /* An empty key is a valid HMAC key; a NULL key would mean "keep the previous one". */
     if (EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, params) != 1)

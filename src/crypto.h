@@ -67,7 +67,7 @@ long hex_decode(const char *s, size_t len, void *out, size_t out_size);
 
 /* Compares without leaking the position of the first difference (CRYPTO_memcmp). */
 bool crypto_equal(const void *a, const void *b, size_t len);
-/* Fills buf with cryptographically strong random bytes (RAND_bytes). Returns 0, or -1 on failure. */
+/* Fills buf with strong random bytes (RAND_bytes). Returns 0, or -1 on failure. */
 int crypto_random(void *buf, size_t len);
 /* Overwrites len bytes in a way the compiler cannot drop (OPENSSL_cleanse). */
 void crypto_wipe(void *buf, size_t len);

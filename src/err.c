@@ -28,6 +28,9 @@ static const struct {
     [LB_ERR_TIMEOUT] = {504, "upstream_timeout", "the lead system did not answer in time"},
     [LB_ERR_CONFIG] = {500, "config_error", "configuration error"},
     [LB_ERR_IO] = {500, "io_error", "input/output error"},
+    [LB_ERR_UNAUTHORIZED] = {401, "unauthorized", "the signature or credentials did not check"},
+    [LB_ERR_TOO_MANY_FIELDS] = {400, "too_many_fields", "more fields than this form takes"},
+    [LB_ERR_TOO_DEEP] = {400, "too_deep", "nested deeper than this form takes"},
 };
 
 int lb_err_status(enum lb_err code)

@@ -30,6 +30,9 @@ enum lb_err {
     LB_ERR_TIMEOUT,        /* 504 upstream_timeout */
     LB_ERR_CONFIG,         /* (start-up only) bad configuration */
     LB_ERR_IO,             /* 500 io_error: disk or socket */
+    LB_ERR_UNAUTHORIZED,   /* 401 unauthorized: a builder's signature or secret did not check */
+    LB_ERR_TOO_MANY_FIELDS,/* 400 too_many_fields: more fields (JSON values) than the form takes */
+    LB_ERR_TOO_DEEP,       /* 400 too_deep: nested deeper than the form takes */
     LB_ERR__MAX
 };
 

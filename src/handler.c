@@ -2,8 +2,9 @@
  * handler.c: one request from environment and body to a struct response (see handler.h).
  *
  * The order is fixed and each step may answer early: route → method → origin → size → body →
- * parse → attribution → rules → (update: reference) → target validation → duplicates
- * (Idempotency-Key, content fingerprint) → the job on disk (outbox) → delivery now → response.
+ * builder's signature (verify) → parse → attribution (+ the form's host) → rules → (update:
+ * reference) → target validation → duplicates (builder's event id, Idempotency-Key, content
+ * fingerprint) → the job on disk (outbox) → delivery now → response.
  * What the request path cannot deliver stays in the outbox for the retry worker.
  * Nothing personal is logged: the log record gets the form name, status and outcome only.
  */
@@ -18,12 +19,14 @@
 
 #include "attribution.h"
 #include "crypto.h"
+#include "inbound.h"
 #include "leadref.h"
 #include "metrics.h"
 #include "monitor.h"
 #include "outbox.h"
 #include "rules.h"
 #include "target.h"
+#include "verify.h"
 
 #define READ_CHUNK 8192
 /* Seconds after which a queued job without a stored answer counts as left by a dead worker. */
@@ -42,6 +45,7 @@ struct job {
     const struct target *update_target; /* update: the target the reference names */
     json_t *refused;                    /* targets whose documented limits refuse the lead */
     char update_lead_id[64];
+    char event_id[INBOUND_EVENT_ID_MAX + 1]; /* the builder's event id; "": none */
 };
 
 static double now_ms(void)
@@ -50,6 +54,14 @@ static double now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static long long wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static enum target_action target_action_for(enum form_action a)
@@ -580,7 +592,20 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     struct lb_error err = {LB_OK, ""};
     enum lb_err e;
 
-    if (j->req.idempotency_key != NULL && j->req.idempotency_key[0] != '\0') {
+    if (j->event_id[0] != '\0') {
+        /* A builder's retry carries the same event id (its body may differ, e.g. a new
+         * timestamp): the key alone decides, so a repeat replays the first answer. */
+        snprintf(idem, sizeof(idem), "event:%s:%.500s", j->form->name, j->event_id);
+        e = outbox_reserve_key(ob, idem, NULL, j->submission_id, now, &dup, existing);
+        if (e != LB_OK) {
+            answer_error(j, out, LB_ERR_UNAVAILABLE, "the submission could not be stored", NULL);
+            return;
+        }
+        if (dup) {
+            replay(j, action, existing, out, rec);
+            return;
+        }
+    } else if (j->req.idempotency_key != NULL && j->req.idempotency_key[0] != '\0') {
         uint8_t digest[SHA256_DIGEST_SIZE];
         struct buf h;
 
@@ -731,6 +756,18 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
             goto out;
         }
     }
+    if (j.form->verify != NULL &&
+        verify_request(j.form->verify, &j.req, env, env_ctx, body.data, body.len, wall_ms(),
+                       w->detail, sizeof(w->detail)) != LB_OK) {
+        /* Which check failed, in our words: never the secret or what was sent. */
+        rec->outcome = "unauthorized";
+        rec->detail = w->detail;
+        log_msg(LOG_WARN, "form %s: %s verification failed: %s", j.form->name,
+                verify_scheme_name(j.form->verify), w->detail);
+        response_error(out, LB_ERR_UNAUTHORIZED, w->detail);
+        goto out;
+    }
+    j.req.limits = inbound_limits(j.form->inbound);
     e = request_parse_body(&j.req, body.data != NULL ? body.data : "", body.len, &err);
     if (e != LB_OK) {
         rec->outcome = "bad_body";
@@ -739,6 +776,12 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     }
 
     j.attribution = attribution_extract(&j.req, &cfg->attribution);
+    if (j.attribution != NULL &&
+        inbound_set_host(j.form->inbound, j.req.fields, j.attribution) != LB_OK) {
+        json_decref(j.attribution);
+        j.attribution = NULL;
+    }
+    inbound_event_id(j.form->inbound, j.req.fields, env, env_ctx, j.event_id, sizeof(j.event_id));
     if (j.attribution == NULL ||
         rules_apply(j.form->rules, j.req.fields, j.attribution, &j.lead, &j.errors) != LB_OK) {
         response_error(out, LB_ERR_NOMEM, NULL);

@@ -16,7 +16,7 @@
 #include "buf.h"
 
 const struct parse_limits parse_default_limits = {
-    .max_fields = 256,
+    .max_fields = 4096,
     .max_depth = 16,
     .max_key = 256,
     .max_value = 16384,
@@ -361,11 +361,11 @@ static enum lb_err field_add(struct field_sink *sink, const char *name, size_t n
     if (e != LB_OK)
         return e;
     if (sink->leaves >= sink->limits->max_fields)
-        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "more than %zu fields",
+        return lb_fail(sink->err, LB_ERR_TOO_MANY_FIELDS, "more than %zu fields",
                        sink->limits->max_fields);
     if (brackets_parse(name, name_len, &segs)) {
         if (segs + 1 > sink->limits->max_depth)
-            return lb_fail(sink->err, LB_ERR_TOO_LARGE, "field names nested deeper than %zu levels",
+            return lb_fail(sink->err, LB_ERR_TOO_DEEP, "field names nested deeper than %zu levels",
                            sink->limits->max_depth);
         key_len = (size_t)((const char *)memchr(name, '[', name_len) - name);
     }
@@ -854,7 +854,7 @@ static enum lb_err json_check(struct field_sink *sink, const json_t *v, const ch
     enum lb_err e = LB_OK;
 
     if ((json_is_object(v) || json_is_array(v)) && depth > lim->max_depth)
-        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "JSON nested deeper than %zu levels",
+        return lb_fail(sink->err, LB_ERR_TOO_DEEP, "JSON nested deeper than %zu levels",
                        lim->max_depth);
     if (json_is_object(v)) {
         const char *k;
@@ -882,7 +882,7 @@ static enum lb_err json_check(struct field_sink *sink, const json_t *v, const ch
         return LB_OK;
     }
     if (++sink->leaves > lim->max_fields)
-        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "more than %zu fields", lim->max_fields);
+        return lb_fail(sink->err, LB_ERR_TOO_MANY_FIELDS, "more than %zu fields", lim->max_fields);
     if (json_is_string(v) && json_string_length(v) > lim->max_value)
         return lb_fail(sink->err, LB_ERR_TOO_LARGE,
                        "value of field \"%s\" is longer than %zu bytes",
@@ -895,7 +895,8 @@ static enum lb_err json_check(struct field_sink *sink, const json_t *v, const ch
  * text before jansson (which recurses) sees it; duplicate keys and \u0000 are refused. jansson's
  * message is reported with line and column but without the "near '...'" echo of the input.
  */
-static enum lb_err json_parse(const char *body, size_t len, struct field_sink *sink, json_t **out)
+static enum lb_err json_parse(const char *body, size_t len, struct field_sink *sink, json_t **out,
+                              bool any)
 {
     json_error_t jerr;
     json_t *root = NULL;
@@ -904,7 +905,7 @@ static enum lb_err json_parse(const char *body, size_t len, struct field_sink *s
 
     *out = NULL;
     if (json_too_deep(body, len, sink->limits->max_depth))
-        return lb_fail(sink->err, LB_ERR_TOO_LARGE, "JSON nested deeper than %zu levels",
+        return lb_fail(sink->err, LB_ERR_TOO_DEEP, "JSON nested deeper than %zu levels",
                        sink->limits->max_depth);
     root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (root == NULL) {
@@ -917,7 +918,7 @@ static enum lb_err json_parse(const char *body, size_t len, struct field_sink *s
                        jerr.line, jerr.column, text_shown(jerr.text, strlen(jerr.text), 96, shown,
                                                           sizeof(shown)));
     }
-    if (!json_is_object(root)) {
+    if (!any && !json_is_object(root)) {
         e = lb_fail(sink->err, LB_ERR_BAD_REQUEST, "JSON body must be an object");
         goto out;
     }
@@ -1055,7 +1056,7 @@ enum lb_err parse_body(const char *content_type, const char *body, size_t len,
         goto out;
     }
     if (media == MEDIA_JSON) {
-        e = json_parse(body, len, &sink, out);
+        e = json_parse(body, len, &sink, out, false);
         goto out;
     }
     sink.obj = json_object();
@@ -1079,4 +1080,15 @@ out:
     if (e == LB_ERR_NOMEM)
         lb_fail(err, e, "%s", lb_strerror(e));
     return e;
+}
+
+enum lb_err parse_json_value(const char *s, size_t len, const struct parse_limits *limits,
+                             json_t **out, struct lb_error *err)
+{
+    struct field_sink sink = {NULL, limits != NULL ? limits : &parse_default_limits, 0, err};
+
+    *out = NULL;
+    if (s == NULL)
+        return lb_fail(err, LB_ERR_BAD_REQUEST, "no JSON text");
+    return json_parse(s, len, &sink, out, true);
 }

@@ -134,15 +134,37 @@ enum lb_err request_parse_body(struct request *r, const char *body, size_t len,
         r->fields = json_object();
         if (r->fields == NULL)
             return lb_fail(err, LB_ERR_NOMEM, "out of memory");
-        return parse_urlencoded(r->query, strlen(r->query), &parse_default_limits, r->fields,
+        return parse_urlencoded(r->query, strlen(r->query),
+                                r->limits != NULL ? r->limits : &parse_default_limits, r->fields,
                                 err);
     }
-    e = parse_body(r->content_type, body, len, &parse_default_limits, &r->fields, err);
+    e = parse_body(r->content_type, body, len, r->limits, &r->fields, err);
     if (e != LB_OK) {
         json_decref(r->fields);
         r->fields = NULL;
     }
     return e;
+}
+
+char *request_header_var(const char *name)
+{
+    size_t n = strlen(name), i;
+    char *out;
+
+    if (n == 0 || n > 200 || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                          "0123456789-_") != n)
+        return NULL;
+    out = malloc(n + 6);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, "HTTP_", 5);
+    for (i = 0; i < n; i++) {
+        char c = name[i];
+
+        out[5 + i] = c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+    }
+    out[5 + n] = '\0';
+    return out;
 }
 
 /* True when the media type (before any ';') of s is JSON. */

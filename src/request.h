@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "parse.h"
 
 /* Reads one CGI variable ("REQUEST_METHOD", "HTTP_REFERER"); NULL when unset. Borrowed result. */
 typedef const char *(*env_get_fn)(void *ctx, const char *name);
@@ -53,6 +54,7 @@ struct request {
     char *x_forwarded_for;
     bool https;
     json_t *fields;         /* submitted fields: an object (owned); NULL until parsed */
+    const struct parse_limits *limits; /* the form's parsing limits (borrowed); NULL: defaults */
     char id[17];            /* request id, 16 hex digits */
 };
 
@@ -66,6 +68,13 @@ enum lb_err request_from_env(struct request *r, env_get_fn get, void *ctx, struc
  */
 enum lb_err request_parse_body(struct request *r, const char *body, size_t len,
                                struct lb_error *err);
+
+/*
+ * The CGI variable that carries header name ("Typeform-Signature" → "HTTP_TYPEFORM_SIGNATURE"):
+ * a new string (caller frees), or NULL when name is empty, longer than 200 bytes or has anything
+ * but letters, digits, '-' and '_'.
+ */
+char *request_header_var(const char *name);
 
 /* True when the client is a script that wants JSON (Accept JSON or X-Requested-With). */
 bool request_wants_json(const struct request *r);

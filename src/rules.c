@@ -876,6 +876,40 @@ static const json_t *source_resolve(const struct source *s, const struct inputs 
     return v;
 }
 
+struct rules_source {
+    struct source src;
+};
+
+struct rules_source *rules_source_compile(const char *text, const char *path, struct diag *d)
+{
+    struct rules_source *s = calloc(1, sizeof(*s));
+    const char *why = NULL;
+
+    if (s == NULL)
+        return NULL;
+    if (!source_parse(text, &s->src, &why)) {
+        diag_add(d, path, "bad source path \"%s\": it %s", text, why);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+const json_t *rules_source_get(const struct rules_source *s, const json_t *fields)
+{
+    struct inputs in = {fields, NULL, NULL};
+
+    return s != NULL ? source_resolve(&s->src, &in) : NULL;
+}
+
+void rules_source_free(struct rules_source *s)
+{
+    if (s == NULL)
+        return;
+    source_clear(&s->src);
+    free(s);
+}
+
 /* ---- formats ---- */
 
 /* An address with one '@', a plausible local part and a dotted domain; lower-cases the domain. */

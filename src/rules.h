@@ -36,6 +36,17 @@ extern const char *const rules_form_keys[];
 enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const json_t *attribution,
                         json_t **lead, json_t **errors);
 
+/*
+ * One source path outside a rule (a form's event id, a host field): compiled with the same syntax
+ * as "from". rules_source_compile reports a bad path under path and returns NULL; free with
+ * rules_source_free (NULL is a no-op). rules_source_get returns the value in fields (borrowed), or
+ * NULL; "attribution." and "lead." paths read nothing here.
+ */
+struct rules_source;
+struct rules_source *rules_source_compile(const char *text, const char *path, struct diag *d);
+const json_t *rules_source_get(const struct rules_source *s, const json_t *fields);
+void rules_source_free(struct rules_source *s);
+
 /* Frees rs; NULL is a no-op. */
 void rules_free(struct ruleset *rs);
 /* Frees this thread's match data; call before a worker thread exits. */

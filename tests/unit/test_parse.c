@@ -292,7 +292,7 @@ Test(parse_body, null_limits_and_err)
 
 Test(parse_body, default_limits)
 {
-    cr_assert_eq(parse_default_limits.max_fields, 256);
+    cr_assert_eq(parse_default_limits.max_fields, 4096);
     cr_assert_eq(parse_default_limits.max_depth, 16);
     cr_assert_eq(parse_default_limits.max_key, 256);
     cr_assert_eq(parse_default_limits.max_value, 16384);
