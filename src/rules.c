@@ -57,6 +57,8 @@ static const char *const rule_keys[] = {
     "min",     "max",        "format",     "pattern", "message", "when",
     NULL,
 };
+static const char *const parse_json_keys[] = {"parse_json", "field", "required", "message", "when",
+                                              NULL};
 static const char *const replace_keys[] = {"pattern", "with", NULL};
 static const char *const when_keys[] = {"field", "match", "equals", "present", NULL};
 
@@ -155,11 +157,13 @@ struct rule {
     pcre2_code *pattern;
     char *message;
     struct cond *when;
+    bool parse_json; /* a step: from[0] holds JSON text; later rules read inside it */
 };
 
 struct ruleset {
     struct rule *rules;
     size_t n_rules;
+    bool has_parse_json; /* rules_apply works on a copy of the fields */
     bool unused_to_meta;
     bool attribution;
     pcre2_match_context *mctx;
@@ -1480,6 +1484,49 @@ static void compile_when(struct compiler *c, const json_t *obj, const char *path
 }
 
 /* Compiles one rule object at path into *r (which must be zeroed). Mistakes go to c->d. */
+/*
+ * {"parse_json": "rawRequest"}: a step that parses the JSON text at that source path in place,
+ * so later rules read inside it ("rawRequest.q32_email"). Errors go under "field" (default: the
+ * path as written).
+ */
+static void compile_parse_json(struct compiler *c, const json_t *obj, const char *path,
+                               struct rule *r)
+{
+    char p[RULES_PATH_SIZE];
+    const char *s, *why, *name;
+    const struct source *src;
+
+    r->parse_json = true;
+    conf_check_keys(obj, path, parse_json_keys, c->d);
+    conf_path(p, sizeof(p), path, "parse_json");
+    s = opt_string(c, obj, "parse_json", path, true);
+    if (s == NULL)
+        return;
+    r->from = calloc(1, sizeof(*r->from));
+    if (r->from == NULL) {
+        c->nomem = true;
+        return;
+    }
+    if (!source_parse(s, &r->from[0], &why)) {
+        diag_add(c->d, p, "bad source path \"%s\": it %s", s, why);
+        return;
+    }
+    r->n_from = 1;
+    src = &r->from[0];
+    if (src->root != ROOT_FIELDS)
+        diag_add(c->d, p, "must name a submitted field (not attribution. or lead.)");
+    else if (src->steps[src->n_steps - 1].kind == STEP_FILTER)
+        diag_add(c->d, p, "must end in a name or an index, not a [name=value] filter");
+    name = opt_string(c, obj, "field", path, true);
+    r->field = dup_or_flag(c, name != NULL ? name : s);
+    r->required = conf_bool(obj, "required", path, false, c->d);
+    s = opt_string(c, obj, "message", path, true);
+    if (s != NULL)
+        r->message = dup_or_flag(c, s);
+    if (json_object_get(obj, "when") != NULL)
+        compile_when(c, obj, path, r);
+}
+
 static void compile_rule(struct compiler *c, const json_t *obj, const char *path, struct rule *r)
 {
     char p[RULES_PATH_SIZE];
@@ -1491,6 +1538,10 @@ static void compile_rule(struct compiler *c, const json_t *obj, const char *path
     r->max_length = -1;
     if (!json_is_object(obj)) {
         diag_add(c->d, path, "a rule must be an object, not %s", json_kind(obj));
+        return;
+    }
+    if (json_object_get(obj, "parse_json") != NULL) {
+        compile_parse_json(c, obj, path, r);
         return;
     }
     conf_check_keys(obj, path, rule_keys, c->d);
@@ -1641,6 +1692,7 @@ struct ruleset *rules_compile(const json_t *form, const char *path, struct diag 
             conf_path_index(pi, sizeof(pi), p, i);
             rs->n_rules++;
             compile_rule(&c, el, pi, &rs->rules[i]);
+            rs->has_parse_json |= rs->rules[i].parse_json;
         }
     }
     s = opt_string(&c, form, "unused_fields", path, true);
@@ -2266,6 +2318,67 @@ static enum lb_err apply_text(const struct ruleset *rs, const struct rule *r, co
     return e;
 }
 
+/*
+ * Runs a parse_json step: the string at r->from[0] in the working copy of the fields is replaced
+ * by the JSON it holds. Malformed or oversized JSON is a field error under r->field; a value that
+ * is already an object or array is left as it is.
+ */
+static enum lb_err apply_parse_json(const struct ruleset *rs, const struct rule *r,
+                                    const struct inputs *in, json_t *errors)
+{
+    const struct source *src = &r->from[0];
+    const struct step *last = &src->steps[src->n_steps - 1];
+    const json_t *v, *parent;
+    json_t *parsed = NULL, *container;
+    struct lb_error err = {LB_OK, ""};
+    bool holds = true;
+    enum lb_err e;
+    size_t i;
+    int rc = -1;
+
+    if (r->when != NULL) {
+        e = cond_holds(rs, r->when, in, &holds);
+        if (e != LB_OK || !holds)
+            return e;
+    }
+    v = source_resolve(src, in);
+    if (value_is_empty(v))
+        return r->required ? add_error(errors, r->field,
+                                       r->message != NULL ? r->message : "is required")
+                           : LB_OK;
+    if (!json_is_string(v))
+        return LB_OK;
+    e = parse_json_value(json_string_value(v), json_string_length(v), NULL, &parsed, &err);
+    if (e == LB_ERR_NOMEM)
+        return e;
+    if (e != LB_OK)
+        return add_error(errors, r->field,
+                         r->message != NULL               ? r->message
+                         : e == LB_ERR_BAD_REQUEST        ? "is not valid JSON"
+                         : e == LB_ERR_TOO_DEEP           ? "holds JSON nested too deeply"
+                                                          : "holds too much JSON");
+    parent = in->fields;
+    for (i = 0; i + 1 < src->n_steps && parent != NULL; i++)
+        parent = step_get(parent, &src->steps[i]);
+    container = (json_t *)parent; /* in->fields is this call's own copy */
+    if (last->kind == STEP_INDEX && json_is_array(container))
+        rc = json_array_set_new(container, last->index, parsed);
+    else if (last->kind == STEP_INDEX && json_is_object(container)) {
+        char key[32];
+
+        snprintf(key, sizeof(key), "%zu", last->index);
+        rc = json_object_set_new(container, key, parsed);
+    } else if (json_is_object(container)) {
+        rc = json_object_set_new(container, last->key, parsed);
+    } else if (json_is_array(container) && key_is_index(last->key, &i)) {
+        rc = json_array_set_new(container, i, parsed);
+    } else {
+        json_decref(parsed);
+        rc = 0;
+    }
+    return rc == 0 ? LB_OK : LB_ERR_NOMEM;
+}
+
 static enum lb_err apply_rule(const struct ruleset *rs, const struct rule *r,
                               const struct inputs *in, json_t *lead, json_t *errors)
 {
@@ -2276,6 +2389,8 @@ static enum lb_err apply_rule(const struct ruleset *rs, const struct rule *r,
     bool holds = true, wrote = false;
     enum lb_err e = LB_OK;
 
+    if (r->parse_json)
+        return apply_parse_json(rs, r, in, errors);
     if (r->when != NULL) {
         e = cond_holds(rs, r->when, in, &holds);
         if (e != LB_OK || !holds)
@@ -2421,7 +2536,7 @@ static enum lb_err copy_attribution(const json_t *attribution, json_t *lead)
 enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const json_t *attribution,
                         json_t **lead, json_t **errors)
 {
-    json_t *l = json_object(), *errs = json_object();
+    json_t *l = json_object(), *errs = json_object(), *work = NULL;
     struct inputs in;
     enum lb_err e = LB_ERR_NOMEM;
     size_t i;
@@ -2431,6 +2546,13 @@ enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const js
     if (l == NULL || errs == NULL)
         goto out;
     in.fields = json_is_object(fields) ? fields : NULL;
+    if (rs->has_parse_json && in.fields != NULL) {
+        /* parse_json steps replace strings in place: on a copy, the caller's stays as sent */
+        work = json_deep_copy(fields);
+        if (work == NULL)
+            goto out;
+        in.fields = work;
+    }
     in.attribution = json_is_object(attribution) ? attribution : NULL;
     in.lead = l;
     for (i = 0; i < rs->n_rules; i++) {
@@ -2458,5 +2580,6 @@ enum lb_err rules_apply(const struct ruleset *rs, const json_t *fields, const js
 out:
     json_decref(l);
     json_decref(errs);
+    json_decref(work);
     return e;
 }
