@@ -308,7 +308,7 @@ static void expand_tree(json_t *v, const char *path, int level, struct diag *d)
 
 static const char *const top_keys[] = {
     "secret", "ref_ttl", "spool", "threads", "body_limit", "attribution", "targets", "forms",
-    "outbox", "metrics", "health", NULL,
+    "outbox", "metrics", "health", "notify", NULL,
 };
 static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
 static const char *const form_base_keys[] = {
@@ -630,6 +630,7 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
     load_attribution(c, json_object_get(c->root, "attribution"), d);
     monitor_conf_from_json(json_object_get(c->root, "metrics"), json_object_get(c->root, "health"),
                            d, &c->monitor);
+    notify_conf_from_json(json_object_get(c->root, "notify"), "notify", d, &c->notify);
     load_targets(c, json_object_get(c->root, "targets"), d);
 
     forms = json_object_get(c->root, "forms");
@@ -741,6 +742,7 @@ void config_free(struct config *c)
     free((char *)c->attribution.cookie_name);
     free_strings((char **)c->attribution.trusted_proxies, c->attribution.n_trusted_proxies);
     monitor_conf_free(&c->monitor);
+    notify_conf_free(&c->notify);
     free(c->secret);
     free(c->spool_dir);
     free(c->file);

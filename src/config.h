@@ -18,6 +18,7 @@
 #include "attribution.h"
 #include "diag.h"
 #include "monitor.h"
+#include "notify.h"
 #include "outbox.h"
 
 struct inbound;
@@ -54,6 +55,7 @@ struct config {
     int threads;             /* default worker threads */
     struct attribution_conf attribution;
     struct monitor_conf monitor; /* "metrics" and "health" */
+    struct notify_conf notify;   /* "notify" */
     struct target *targets;
     size_t n_targets;
     struct form *forms;

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "monitor.h"
+#include "notify.h"
 #include "outbox.h"
 #include "rules.h"
 #include "target.h"
@@ -501,6 +502,7 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
             return 1;
         e = outbox_run(ob, o->now, retry_deliver, &ctx, 0, &st);
         http_client_free(ctx.http);
+        notify_drain(ob);
         if (e != LB_OK) {
             fprintf(stderr, "leadbridge: queue run: %s\n", lb_strerror(e));
             return 1;
@@ -543,16 +545,6 @@ static int db_subcommand(const struct config *cfg, int argc, char **argv)
         return 1;
     }
     return 0;
-}
-
-/* The outbox's dead-letter hook: counted for monitoring. */
-static void on_dead_letter(void *ctx, const char *id, const char *form, const char *target,
-                           const char *reason)
-{
-    (void)ctx;
-    (void)id;
-    (void)reason;
-    metrics_dead(form, target);
 }
 
 /* Whether any form delivers leads, or monitoring is on (echo forms alone need no spool). */
@@ -711,7 +703,10 @@ int main(int argc, char **argv)
         }
         if (metrics_open(outbox_dir(ob), &err) != LB_OK)
             fprintf(stderr, "leadbridge: metrics are off: %s\n", err.message);
-        outbox_set_dead_hook(ob, on_dead_letter, NULL);
+        if (notify_open(outbox_dir(ob), &err) != LB_OK)
+            fprintf(stderr, "leadbridge: notices are limited per process: %s\n", err.message);
+        notify_configure(&cfg->notify);
+        outbox_set_dead_hook(ob, notify_dead, NULL);
     }
     if (queue) {
         rc = queue_command(cfg, ob, argc - optind, argv + optind, &qo);
@@ -743,10 +738,15 @@ int main(int argc, char **argv)
             goto out;
         }
         rc = serve_cgi(cfg, ob, false);
+        notify_drain(ob);
         goto out;
     }
+    if (notify_start(ob) != LB_OK)
+        log_msg(LOG_WARN, "notify: the sending thread did not start");
     rc = serve_fastcgi(cfg, ob, listen_fd, socket_spec != NULL, threads);
+    notify_stop();
 out:
+    notify_close();
     metrics_close();
     outbox_close(ob);
     diag_free(&d);

@@ -10,6 +10,7 @@
 #define LB_TARGET_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -107,6 +108,12 @@ enum delivery_outcome target_outcome_for_status(long status);
  * The Standard Webhooks signature of one message: "v1," + base64(HMAC-SHA256(key, msg_id "."
  * timestamp "." body)), written into out. LB_ERR_INTERNAL when out is too small.
  */
+/*
+ * The key a webhook "secret" stands for: "whsec_" + base64 is decoded, anything else is the bytes
+ * themselves. Writes it to out and returns its length; -1 for bad base64, -2 when longer than
+ * out_size.
+ */
+long target_webhook_secret_key(const char *secret, uint8_t *out, size_t out_size);
 enum lb_err target_webhook_sign(const void *key, size_t key_len, const char *msg_id,
                                 long long timestamp, const char *body, size_t body_len, char *out,
                                 size_t out_size);

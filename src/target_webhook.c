@@ -56,7 +56,7 @@ static void webhook_free(void *state)
     if (w == NULL)
         return;
     if (w->key != NULL) {
-        memset(w->key, 0, w->key_len);
+        memset(w->key, 0, WEBHOOK_KEY_MAX);
         free(w->key);
     }
     for (i = 0; i < w->n_headers; i++) {
@@ -86,38 +86,46 @@ static bool webhook_url_ok(const char *url, size_t max)
     return true;
 }
 
+/* See target.h. */
+long target_webhook_secret_key(const char *secret, uint8_t *out, size_t out_size)
+{
+    size_t plen = strlen(WEBHOOK_SECRET_PREFIX), len = strlen(secret);
+    long n;
+
+    if (strncmp(secret, WEBHOOK_SECRET_PREFIX, plen) == 0) {
+        n = base64_decode(secret + plen, len - plen, out, out_size);
+        return n <= 0 ? -1 : n;
+    }
+    if (len > out_size)
+        return -2;
+    memcpy(out, secret, len);
+    return (long)len;
+}
+
 /* Reads "secret" into w->key: "whsec_" + base64 is decoded, anything else is taken as bytes. */
 static void webhook_read_secret(struct webhook *w, const char *secret, const char *path,
                                 struct diag *d)
 {
     char p[WEBHOOK_PATH_SIZE];
-    size_t plen = strlen(WEBHOOK_SECRET_PREFIX), len = strlen(secret);
+    size_t len = strlen(secret);
     long n;
 
     conf_path(p, sizeof(p), path, "secret");
     if (len == 0)
         return;
-    w->key = malloc(len > WEBHOOK_KEY_MAX ? WEBHOOK_KEY_MAX : len);
+    w->key = malloc(WEBHOOK_KEY_MAX);
     if (w->key == NULL) {
         diag_add(d, p, "out of memory");
         return;
     }
-    if (strncmp(secret, WEBHOOK_SECRET_PREFIX, plen) == 0) {
-        n = base64_decode(secret + plen, len - plen, w->key, WEBHOOK_KEY_MAX);
-        if (n <= 0) {
-            diag_add(d, p, "a \"whsec_\" secret must be followed by base64 (at most %d bytes)",
-                     WEBHOOK_KEY_MAX);
-            return;
-        }
-        w->key_len = (size_t)n;
-        return;
-    }
-    if (len > WEBHOOK_KEY_MAX) {
+    n = target_webhook_secret_key(secret, w->key, WEBHOOK_KEY_MAX);
+    if (n == -1)
+        diag_add(d, p, "a \"whsec_\" secret must be followed by base64 (at most %d bytes)",
+                 WEBHOOK_KEY_MAX);
+    else if (n < 0)
         diag_add(d, p, "is longer than %d bytes", WEBHOOK_KEY_MAX);
-        return;
-    }
-    memcpy(w->key, secret, len);
-    w->key_len = len;
+    else
+        w->key_len = (size_t)n;
 }
 
 /* Reads the optional "headers" object of static extra headers, checked as HTTP headers now. */
