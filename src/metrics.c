@@ -94,20 +94,10 @@ static struct shm *shm;
 
 enum lb_err metrics_open(const char *dir, struct lb_error *err)
 {
-    char path[4096];
-    struct shm *m;
-    uint64_t zero = 0;
+    struct shm *m = shmfile_open_tagged(dir, "metrics.shm", sizeof(struct shm), METRICS_MAGIC, err);
 
-    if (snprintf(path, sizeof(path), "%s/metrics.shm", dir) >= (int)sizeof(path))
-        return lb_fail(err, LB_ERR_IO, "metrics: spool path too long");
-    m = shmfile_open(path, sizeof(struct shm), err);
     if (m == NULL)
         return LB_ERR_IO;
-    if (!atomic_compare_exchange_strong(&m->magic, &zero, METRICS_MAGIC) &&
-        zero != METRICS_MAGIC) {
-        shmfile_close(m, sizeof(struct shm));
-        return lb_fail(err, LB_ERR_IO, "metrics: %s has another layout (remove it)", path);
-    }
     metrics_close();
     shm = m;
     return LB_OK;

@@ -263,19 +263,11 @@ static void conf_copy(struct notify_conf *dst, const struct notify_conf *src)
 
 enum lb_err notify_open(const char *dir, struct lb_error *err)
 {
-    char path[4096];
-    struct limits *m;
-    uint64_t zero = 0;
+    struct limits *m = shmfile_open_tagged(dir, "notify.shm", sizeof(struct limits), NOTIFY_MAGIC,
+                                           err);
 
-    if (snprintf(path, sizeof(path), "%s/notify.shm", dir) >= (int)sizeof(path))
-        return lb_fail(err, LB_ERR_IO, "notify: spool path too long");
-    m = shmfile_open(path, sizeof(struct limits), err);
     if (m == NULL)
         return LB_ERR_IO;
-    if (!atomic_compare_exchange_strong(&m->magic, &zero, NOTIFY_MAGIC) && zero != NOTIFY_MAGIC) {
-        shmfile_close(m, sizeof(struct limits));
-        return lb_fail(err, LB_ERR_IO, "notify: %s has another layout (remove it)", path);
-    }
     pthread_mutex_lock(&N.lock);
     if (N.limits != NULL && !N.limits_mapped)
         free(N.limits);

@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -55,4 +57,30 @@ void shmfile_close(void *map, size_t size)
 {
     if (map != NULL)
         munmap(map, size);
+}
+
+void *shmfile_open_tagged(const char *dir, const char *name, size_t size, uint64_t magic,
+                          struct lb_error *err)
+{
+    char path[4096];
+    _Atomic uint64_t *tag;
+    uint64_t zero = 0;
+
+    if (size < sizeof(*tag)) {
+        lb_fail(err, LB_ERR_INTERNAL, "shmfile: too small for a tag");
+        return NULL;
+    }
+    if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path)) {
+        lb_fail(err, LB_ERR_IO, "%s: the path is too long", name);
+        return NULL;
+    }
+    tag = shmfile_open(path, size, err);
+    if (tag == NULL)
+        return NULL;
+    if (!atomic_compare_exchange_strong(tag, &zero, magic) && zero != magic) {
+        shmfile_close(tag, size);
+        lb_fail(err, LB_ERR_IO, "%s has another layout (remove it)", path);
+        return NULL;
+    }
+    return tag;
 }

@@ -7,6 +7,7 @@
 #define LB_SHMFILE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "err.h"
 
@@ -17,6 +18,13 @@
  * as a valid initial state. Returns the mapping (unmap with shmfile_close) or NULL with err set.
  */
 void *shmfile_open(const char *path, size_t size, struct lb_error *err);
+/*
+ * shmfile_open() of dir/name whose first 8 bytes hold a layout tag: a new (all-zero) file gets
+ * magic, a file with another tag is refused (LB_ERR_IO: "has another layout"). The tag is set
+ * with a compare-and-swap, so processes starting together agree.
+ */
+void *shmfile_open_tagged(const char *dir, const char *name, size_t size, uint64_t magic,
+                          struct lb_error *err);
 /* Unmaps a mapping of size bytes from shmfile_open; NULL is a no-op. */
 void shmfile_close(void *map, size_t size);
 
