@@ -4,8 +4,7 @@
  * config_load() reads the file, expands ${VAR} and ${VAR:-default} in every string value, checks
  * every key (unknown keys are mistakes), compiles each form's rules and configures each target.
  * Every mistake is reported through struct diag with file, line, column and JSON path.
- * The conf_* helpers are for modules that read their own part of the file (rules, targets,
- * outbox): each reports a mistake under path and returns the default.
+ * Modules that read their own part of the file (rules, targets, outbox) use conf.h.
  */
 #ifndef LB_CONFIG_H
 #define LB_CONFIG_H
@@ -16,6 +15,7 @@
 #include <jansson.h>
 
 #include "attribution.h"
+#include "conf.h"
 #include "diag.h"
 #include "monitor.h"
 #include "notify.h"
@@ -74,26 +74,5 @@ const struct form *config_find_form(const struct config *c, const char *path);
 /* The target named name, or NULL. */
 const struct target *config_find_target(const struct config *c, const char *name);
 const char *form_action_name(enum form_action a);
-
-/*
- * Expands ${VAR} and ${VAR:-default} in s. Returns a new string (caller frees) or NULL, with
- * *missing set to the unset variable's name (a static copy, at most 127 bytes) or "" on bad syntax.
- */
-char *conf_expand_env(const char *s, char *missing, size_t missing_size);
-
-/* Writes parent + "." + key (or parent + "[index]") into out. */
-void conf_path(char *out, size_t size, const char *parent, const char *key);
-void conf_path_index(char *out, size_t size, const char *parent, size_t index);
-/* Reports every key of obj not in allowed (NULL-terminated). */
-void conf_check_keys(const json_t *obj, const char *path, const char *const *allowed,
-                     struct diag *d);
-/* Borrowed string or dflt; reports a wrong type, and a missing key when required. */
-const char *conf_string(const json_t *obj, const char *key, const char *path, const char *dflt,
-                        bool required, struct diag *d);
-long long conf_integer(const json_t *obj, const char *key, const char *path, long long dflt,
-                       long long min, long long max, struct diag *d);
-double conf_number(const json_t *obj, const char *key, const char *path, double dflt, double min,
-                   double max, struct diag *d);
-bool conf_bool(const json_t *obj, const char *key, const char *path, bool dflt, struct diag *d);
 
 #endif

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "attribution.h"
-#include "config.h"
+#include "conf.h"
 #include "rules.h"
 
 #define INBOUND_PATH_SIZE 512

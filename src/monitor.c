@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "crypto.h"
 #include "outbox.h"
 

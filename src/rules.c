@@ -32,7 +32,7 @@
 #include <pcre2.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "parse.h"
 
 enum {

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 
 #define LEADPING_DEFAULT_BASE "https://api.leadping.ai"
 #define LEADPING_MAX_BASE 1024

@@ -22,7 +22,7 @@
 #include <strings.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "diag.h"
 #include "log.h"
 

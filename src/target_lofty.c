@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 
 #define LOFTY_DEFAULT_BASE "https://api.lofty.com"
 #define LOFTY_DEFAULT_SOURCE "leadbridge"

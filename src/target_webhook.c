@@ -19,7 +19,7 @@
 #include <time.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "crypto.h"
 
 #define WEBHOOK_SECRET_PREFIX "whsec_"

@@ -17,7 +17,7 @@
 #include <strings.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "crypto.h"
 
 #define VERIFY_PATH_SIZE 512
