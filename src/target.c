@@ -4,16 +4,22 @@
  * The table of target types, names for actions and outcomes, the status → outcome map every
  * classify uses, and target_deliver(): build, perform, classify, with transport failures and
  * rate-limit hints folded into one struct target_result. This is the only place a target's call
- * meets the network.
+ * meets the network. Also what the targets share: the config reader for base URL, credentials
+ * and timeouts, and helpers for reading a lead and writing a reason.
  */
 #include "target.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "conf.h"
 #include "metrics.h"
+
+#define TARGET_PATH_SIZE 512
 
 static const struct target_ops *const target_table[] = {
     &target_leadpro_ops,
@@ -251,4 +257,217 @@ int target_add_error(json_t *errors, const char *field, const char *reason)
     if (json_object_get(errors, field) != NULL)
         return 0;
     return json_object_set_new(errors, field, json_string(reason)) == 0 ? 1 : 0;
+}
+
+/* ---- Config shared by the API targets ---- */
+
+/* Whether s is an http(s) URL we can append paths to: a host; no spaces, query or fragment. */
+static bool target_base_url_ok(const char *s)
+{
+    const char *host;
+    const char *p;
+
+    if (strncasecmp(s, "https://", 8) == 0)
+        host = s + 8;
+    else if (strncasecmp(s, "http://", 7) == 0)
+        host = s + 7;
+    else
+        return false;
+    if (*host == '\0' || *host == '/')
+        return false;
+    for (p = s; *p != '\0'; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '?' || *p == '#')
+            return false;
+    return true;
+}
+
+/* Reads "base_url" into out without trailing slashes (see target_api_conf_read). */
+static void target_conf_base_url(const json_t *conf, const char *path, const char *default_base,
+                                 struct target_api_conf *out, struct diag *d)
+{
+    const char *s = conf_string(conf, "base_url", path, default_base, false, d);
+    char p[TARGET_PATH_SIZE];
+    size_t len;
+
+    if (s == NULL)
+        return;
+    len = strlen(s);
+    while (len > 0 && s[len - 1] == '/')
+        len--;
+    if (!target_base_url_ok(s) || len > TARGET_BASE_URL_MAX) {
+        conf_path(p, sizeof(p), path, "base_url");
+        diag_add(d, p, "must be an http:// or https:// URL with a host, printable ASCII without "
+                       "spaces, query or fragment, at most %d bytes, such as %s",
+                 TARGET_BASE_URL_MAX, default_base);
+        return;
+    }
+    memcpy(out->base_url, s, len);
+    out->base_url[len] = '\0';
+}
+
+/* Whether a credential can travel in a header: printable ASCII, no spaces, not too long. */
+static bool target_credential_ok(const char *s)
+{
+    size_t n;
+
+    for (n = 0; s[n] != '\0'; n++)
+        if ((unsigned char)s[n] <= 0x20 || (unsigned char)s[n] >= 0x7f)
+            return false;
+    return n >= 1 && n <= TARGET_CREDENTIAL_MAX;
+}
+
+/* Reads the credential at key into *out (a new copy), reporting a missing or unusable one. */
+static void target_conf_credential(const json_t *conf, const char *key, const char *path,
+                                   char **out, struct diag *d)
+{
+    const char *s = conf_string(conf, key, path, NULL, true, d);
+    char p[TARGET_PATH_SIZE];
+
+    if (s == NULL || s[0] == '\0')
+        return;
+    conf_path(p, sizeof(p), path, key);
+    if (!target_credential_ok(s)) {
+        diag_add(d, p, "must be 1 to %d bytes of printable ASCII, without spaces or control "
+                       "characters", TARGET_CREDENTIAL_MAX);
+        return;
+    }
+    *out = strdup(s);
+    if (*out == NULL)
+        diag_add(d, p, "out of memory");
+}
+
+/* Whether any key of mode is in conf. */
+static bool target_auth_given(const json_t *conf, const struct target_auth *mode)
+{
+    int k;
+
+    for (k = 0; k < TARGET_AUTH_KEYS && mode->keys[k] != NULL; k++)
+        if (json_object_get(conf, mode->keys[k]) != NULL)
+            return true;
+    return false;
+}
+
+/* Whether key is one of mode's keys. */
+static bool target_auth_has_key(const struct target_auth *mode, const char *key)
+{
+    int k;
+
+    for (k = 0; k < TARGET_AUTH_KEYS && mode->keys[k] != NULL; k++)
+        if (strcmp(mode->keys[k], key) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Describes the modes for a message: with keys, '"source_key" (source_id and source_key) or
+ * "bearer" (token)'; without, '"source_key" or "bearer"'.
+ */
+static void target_auth_describe(char *out, size_t size, const struct target_auth *modes,
+                                 int n_modes, bool with_keys)
+{
+    size_t used = 0;
+    int i, k, n;
+
+    out[0] = '\0';
+    for (i = 0; i < n_modes; i++) {
+        const char *sep = i == 0 ? "" : i + 1 == n_modes ? " or " : ", ";
+
+        n = snprintf(out + used, size - used, "%s\"%s\"", sep, modes[i].name);
+        if (n < 0 || (size_t)n >= size - used)
+            return;
+        used += (size_t)n;
+        for (k = 0; with_keys && k < TARGET_AUTH_KEYS && modes[i].keys[k] != NULL; k++) {
+            n = snprintf(out + used, size - used, "%s%s%s", k == 0 ? " (" : " and ",
+                         modes[i].keys[k],
+                         k + 1 == TARGET_AUTH_KEYS || modes[i].keys[k + 1] == NULL ? ")" : "");
+            if (n < 0 || (size_t)n >= size - used)
+                return;
+            used += (size_t)n;
+        }
+    }
+}
+
+/* Chooses the auth mode (see target_api_conf_read): its index, or -1 after reporting. */
+static int target_conf_auth_mode(const json_t *conf, const char *path,
+                                 const struct target_auth *modes, int n_modes, struct diag *d)
+{
+    const char *auth;
+    char p[TARGET_PATH_SIZE], names[256];
+    int i, given = -1;
+
+    if (n_modes == 1)
+        return 0;
+    conf_path(p, sizeof(p), path, "auth");
+    auth = conf_string(conf, "auth", path, NULL, false, d);
+    if (auth == NULL) {
+        if (json_object_get(conf, "auth") != NULL)
+            return -1; /* not a string: reported */
+        for (i = 0; i < n_modes; i++) {
+            if (!target_auth_given(conf, &modes[i]))
+                continue;
+            given = given < 0 ? i : n_modes;
+        }
+        if (given >= 0 && given < n_modes)
+            return given;
+        target_auth_describe(names, sizeof(names), modes, n_modes, true);
+        diag_add(d, p, "is required: %s", names);
+        return -1;
+    }
+    for (i = 0; i < n_modes; i++)
+        if (strcmp(modes[i].name, auth) == 0)
+            return i;
+    target_auth_describe(names, sizeof(names), modes, n_modes, false);
+    diag_add(d, p, "must be %s", names);
+    return -1;
+}
+
+void target_api_conf_read(const json_t *conf, const char *path, const char *default_base,
+                          const struct target_auth *modes, int n_modes,
+                          struct target_api_conf *out, struct diag *d)
+{
+    char p[TARGET_PATH_SIZE];
+    long long connect_s, total_s;
+    int i, k;
+
+    memset(out, 0, sizeof(*out));
+    out->auth = -1;
+    target_conf_base_url(conf, path, default_base, out, d);
+
+    out->auth = target_conf_auth_mode(conf, path, modes, n_modes, d);
+    if (out->auth >= 0) {
+        const struct target_auth *chosen = &modes[out->auth];
+
+        for (i = 0; i < n_modes; i++) {
+            for (k = 0; i != out->auth && k < TARGET_AUTH_KEYS && modes[i].keys[k] != NULL; k++) {
+                if (json_object_get(conf, modes[i].keys[k]) == NULL ||
+                    target_auth_has_key(chosen, modes[i].keys[k]))
+                    continue;
+                conf_path(p, sizeof(p), path, modes[i].keys[k]);
+                diag_add(d, p, "is not used with auth \"%s\"", chosen->name);
+            }
+        }
+        for (k = 0; k < TARGET_AUTH_KEYS && chosen->keys[k] != NULL; k++)
+            target_conf_credential(conf, chosen->keys[k], path, &out->credentials[k], d);
+    }
+
+    connect_s = conf_integer(conf, "connect_timeout", path, 3, 1, 300, d);
+    total_s = conf_integer(conf, "timeout", path, 15, 1, 600, d);
+    if (connect_s > total_s) {
+        conf_path(p, sizeof(p), path, "connect_timeout");
+        diag_add(d, p, "must not be longer than timeout (%lld seconds)", total_s);
+    }
+    out->connect_timeout_ms = (long)connect_s * 1000;
+    out->timeout_ms = (long)total_s * 1000;
+}
+
+void target_api_conf_free(struct target_api_conf *c)
+{
+    int k;
+
+    if (c == NULL)
+        return;
+    for (k = 0; k < TARGET_AUTH_KEYS; k++)
+        free(c->credentials[k]);
+    memset(c, 0, sizeof(*c));
+    c->auth = -1;
 }

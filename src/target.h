@@ -104,6 +104,46 @@ void target_clean_text(char *out, size_t size, const char *text, size_t cap);
 /* Shared helper for classify: status → outcome (2xx ok; 408, 429, 5xx, 0 transient; else permanent). */
 enum delivery_outcome target_outcome_for_status(long status);
 
+/* ---- Config shared by the API targets (LeadPro, Leadping, Lofty) ---- */
+
+#define TARGET_BASE_URL_MAX 1900  /* bytes; leaves room in a call's url for a path and an id */
+#define TARGET_CREDENTIAL_MAX 512 /* bytes of one credential */
+#define TARGET_AUTH_KEYS 2        /* credentials one auth mode needs, at most */
+
+/* One way to authenticate: its name for "auth" and the keys holding its credentials. */
+struct target_auth {
+    const char *name;
+    const char *keys[TARGET_AUTH_KEYS]; /* unused slots NULL */
+};
+
+/* What every API target reads the same way. */
+struct target_api_conf {
+    char base_url[TARGET_BASE_URL_MAX + 1]; /* without trailing slashes */
+    int auth;                               /* index of the chosen mode in the table given */
+    char *credentials[TARGET_AUTH_KEYS];    /* owned: the chosen mode's keys, in its order */
+    long connect_timeout_ms;
+    long timeout_ms;
+};
+
+/*
+ * Reads an API target's shared keys from conf (borrowed) at path into *out, reporting every
+ * mistake to d:
+ * - "base_url" (default default_base): http:// or https://, a host, printable ASCII without
+ *   spaces, query or fragment, at most TARGET_BASE_URL_MAX bytes; trailing slashes are removed;
+ * - the credentials of one of the n_modes auth modes: with more than one mode, "auth" names it
+ *   and may be left out when only one mode's keys are given; a key of another mode is a mistake.
+ *   Each credential is required: 1 to TARGET_CREDENTIAL_MAX bytes of printable ASCII without
+ *   spaces (it travels in a header);
+ * - "connect_timeout" (seconds, 1 to 300, default 3) and "timeout" (1 to 600, default 15), the
+ *   first not longer than the second.
+ * The caller checks the other keys. Free with target_api_conf_free() whatever d says.
+ */
+void target_api_conf_read(const json_t *conf, const char *path, const char *default_base,
+                          const struct target_auth *modes, int n_modes,
+                          struct target_api_conf *out, struct diag *d);
+/* Frees the credentials and clears *c; NULL is a no-op. */
+void target_api_conf_free(struct target_api_conf *c);
+
 /*
  * The Standard Webhooks signature of one message: "v1," + base64(HMAC-SHA256(key, msg_id "."
  * timestamp "." body)), written into out. LB_ERR_INTERNAL when out is too small.

@@ -24,16 +24,16 @@
 #include "conf.h"
 
 #define LEADPING_DEFAULT_BASE "https://api.leadping.ai"
-#define LEADPING_MAX_BASE 1024
 #define LEADPING_REASON_CAP 300
 #define LEADPING_MAX_BODY (1024 * 1024)
 
 enum leadping_auth { LEADPING_AUTH_SOURCE_KEY = 0, LEADPING_AUTH_BEARER, LEADPING_AUTH__MAX };
 enum leadping_price { LEADPING_PRICE_NUMBER = 0, LEADPING_PRICE_STRING, LEADPING_PRICE__MAX };
 
-static const char *const leadping_auth_names[LEADPING_AUTH__MAX] = {
-    [LEADPING_AUTH_SOURCE_KEY] = "source_key",
-    [LEADPING_AUTH_BEARER] = "bearer",
+/* Each auth and the keys of its credentials, in the order of api.credentials. */
+static const struct target_auth leadping_auths[LEADPING_AUTH__MAX] = {
+    [LEADPING_AUTH_SOURCE_KEY] = {"source_key", {"source_id", "source_key"}},
+    [LEADPING_AUTH_BEARER] = {"bearer", {"token", NULL}},
 };
 
 static const char *const leadping_price_names[LEADPING_PRICE__MAX] = {
@@ -42,15 +42,9 @@ static const char *const leadping_price_names[LEADPING_PRICE__MAX] = {
 };
 
 struct leadping {
-    char base_url[LEADPING_MAX_BASE]; /* no trailing '/' */
-    enum leadping_auth auth;
-    char *source_id;  /* owned; source_key auth */
-    char *source_key; /* owned; source_key auth */
-    char *token;      /* owned; bearer auth */
-    char *sub_id;     /* owned; NULL for none */
+    struct target_api_conf api; /* credentials: source_id and source_key, or token */
+    char *sub_id;               /* owned; NULL for none */
     enum leadping_price price_format;
-    long connect_timeout_ms;
-    long timeout_ms;
 };
 
 /* Canonical string field → Leadping's flat field of the same value. */
@@ -242,9 +236,7 @@ static void leadping_free(void *state)
 
     if (lp == NULL)
         return;
-    free(lp->source_id);
-    free(lp->source_key);
-    free(lp->token);
+    target_api_conf_free(&lp->api);
     free(lp->sub_id);
     free(lp);
 }
@@ -256,65 +248,6 @@ static bool leadping_bad_header_text(const char *s)
         if ((unsigned char)*s < 0x20 || *s == 0x7F)
             return true;
     return false;
-}
-
-/*
- * Reads the secret at key into *out (a new copy) when the chosen auth needs it (reporting a missing
- * or unusable one), and reports it as misplaced when the auth does not use it.
- */
-static void leadping_conf_secret(const json_t *conf, const char *key, const char *path, bool needed,
-                                 const char *auth_name, char **out, struct diag *d)
-{
-    char sub[512];
-    const char *s;
-
-    conf_path(sub, sizeof(sub), path, key);
-    if (!needed) {
-        if (json_object_get(conf, key) != NULL)
-            diag_add(d, sub, "is not used with auth \"%s\"", auth_name);
-        return;
-    }
-    s = conf_string(conf, key, path, NULL, true, d);
-    if (s == NULL)
-        return;
-    if (s[0] == '\0' || leadping_bad_header_text(s)) {
-        diag_add(d, sub, "must be a non-empty value without control characters");
-        return;
-    }
-    *out = strdup(s);
-    if (*out == NULL)
-        diag_add(d, sub, "out of memory");
-}
-
-/*
- * Copies base (an http or https URL) into out without its trailing slashes. Returns false (after
- * reporting under path) when it is not a usable base URL.
- */
-static bool leadping_conf_base(const char *base, char *out, size_t size, const char *path,
-                               struct diag *d)
-{
-    size_t len = strlen(base);
-    const char *p;
-
-    if (strncmp(base, "https://", 8) != 0 && strncmp(base, "http://", 7) != 0) {
-        diag_add(d, path, "must start with https:// or http://");
-        return false;
-    }
-    for (p = base; *p != '\0'; p++) {
-        if ((unsigned char)*p <= 0x20 || *p == 0x7F || *p == '?' || *p == '#') {
-            diag_add(d, path, "must be a plain URL without spaces, query or fragment");
-            return false;
-        }
-    }
-    while (len > 0 && base[len - 1] == '/')
-        len--;
-    if (len >= size || len <= strlen("https://")) {
-        diag_add(d, path, "is empty or too long");
-        return false;
-    }
-    memcpy(out, base, len);
-    out[len] = '\0';
-    return true;
 }
 
 /* Index of name in names[n], or -1. */
@@ -340,7 +273,7 @@ static void *leadping_configure(const json_t *conf, const char *path, struct dia
     };
     struct leadping *lp = NULL;
     size_t before = d->count;
-    const char *s, *auth;
+    const char *s;
     char sub[512];
     int i;
 
@@ -355,38 +288,8 @@ static void *leadping_configure(const json_t *conf, const char *path, struct dia
     }
     conf_check_keys(conf, path, allowed, d);
 
-    s = conf_string(conf, "base_url", path, LEADPING_DEFAULT_BASE, false, d);
-    conf_path(sub, sizeof(sub), path, "base_url");
-    if (s != NULL)
-        (void)leadping_conf_base(s, lp->base_url, sizeof(lp->base_url), sub, d);
-
-    auth = conf_string(conf, "auth", path, NULL, false, d);
-    conf_path(sub, sizeof(sub), path, "auth");
-    if (auth == NULL && json_object_get(conf, "auth") == NULL) {
-        bool has_key = json_object_get(conf, "source_id") != NULL ||
-                       json_object_get(conf, "source_key") != NULL;
-        bool has_token = json_object_get(conf, "token") != NULL;
-
-        if (has_key == has_token)
-            diag_add(d, sub, "is required: \"source_key\" (source_id and source_key) or "
-                             "\"bearer\" (token)");
-        else
-            auth = has_key ? "source_key" : "bearer";
-    }
-    if (auth != NULL) {
-        i = leadping_lookup(leadping_auth_names, LEADPING_AUTH__MAX, auth);
-        if (i < 0) {
-            diag_add(d, sub, "must be \"source_key\" or \"bearer\"");
-        } else {
-            lp->auth = (enum leadping_auth)i;
-            leadping_conf_secret(conf, "source_id", path, i == LEADPING_AUTH_SOURCE_KEY, auth,
-                                 &lp->source_id, d);
-            leadping_conf_secret(conf, "source_key", path, i == LEADPING_AUTH_SOURCE_KEY, auth,
-                                 &lp->source_key, d);
-            leadping_conf_secret(conf, "token", path, i == LEADPING_AUTH_BEARER, auth, &lp->token,
-                                 d);
-        }
-    }
+    target_api_conf_read(conf, path, LEADPING_DEFAULT_BASE, leadping_auths, LEADPING_AUTH__MAX,
+                         &lp->api, d);
 
     s = conf_string(conf, "price_format", path, "number", false, d);
     if (s != NULL) {
@@ -404,8 +307,6 @@ static void *leadping_configure(const json_t *conf, const char *path, struct dia
         if (lp->sub_id == NULL)
             diag_add(d, path, "out of memory");
     }
-    lp->connect_timeout_ms = (long)conf_integer(conf, "connect_timeout", path, 3, 1, 600, d) * 1000;
-    lp->timeout_ms = (long)conf_integer(conf, "timeout", path, 15, 1, 600, d) * 1000;
 
     if (d->count != before) {
         leadping_free(lp);
@@ -601,9 +502,9 @@ static enum lb_err leadping_build(const void *state, enum target_action action, 
     if (e != LB_OK)
         goto out;
     call->method = "POST";
-    call->connect_timeout_ms = lp->connect_timeout_ms;
-    call->timeout_ms = lp->timeout_ms;
-    n = snprintf(call->url, sizeof(call->url), "%s/leads/intake", lp->base_url);
+    call->connect_timeout_ms = lp->api.connect_timeout_ms;
+    call->timeout_ms = lp->api.timeout_ms;
+    n = snprintf(call->url, sizeof(call->url), "%s/leads/intake", lp->api.base_url);
     if (n < 0 || (size_t)n >= sizeof(call->url)) {
         e = LB_ERR_INTERNAL;
         goto out;
@@ -611,12 +512,12 @@ static enum lb_err leadping_build(const void *state, enum target_action action, 
     e = http_call_add_header(call, "Content-Type", "application/json");
     if (e == LB_OK)
         e = http_call_add_header(call, "Accept", "application/json, application/problem+json");
-    if (e == LB_OK && lp->auth == LEADPING_AUTH_SOURCE_KEY) {
-        e = http_call_add_header(call, "X-Leadping-Source-Id", lp->source_id);
+    if (e == LB_OK && lp->api.auth == LEADPING_AUTH_SOURCE_KEY) {
+        e = http_call_add_header(call, "X-Leadping-Source-Id", lp->api.credentials[0]);
         if (e == LB_OK)
-            e = http_call_add_header(call, "X-Leadping-Source-Key", lp->source_key);
+            e = http_call_add_header(call, "X-Leadping-Source-Key", lp->api.credentials[1]);
     } else if (e == LB_OK) {
-        n = snprintf(auth, sizeof(auth), "Bearer %s", lp->token);
+        n = snprintf(auth, sizeof(auth), "Bearer %s", lp->api.credentials[0]);
         e = n < 0 || (size_t)n >= sizeof(auth) ? LB_ERR_INTERNAL
                                                : http_call_add_header(call, "Authorization", auth);
     }

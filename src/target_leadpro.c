@@ -27,8 +27,6 @@
 #include "log.h"
 
 #define LP_DEFAULT_BASE "https://api.lead.pro/api/v103"
-#define LP_MAX_BASE 1900     /* leaves room in call->url for "/leads/<64-char id>" */
-#define LP_MAX_KEY 512
 #define LP_META_MAX 1024
 #define LP_AVAILABILITY_MAX 1024
 #define LP_QUESTIONNAIRE_MAX 2048
@@ -38,13 +36,13 @@
 #define LP_PATH_SIZE 512
 #define LP_MAX_BEDROOMS 1000
 
+/* The one way LeadPro authenticates: the key sent as X-API-KEY (api.credentials[0]). */
+static const struct target_auth lp_auth = {"api_key", {"api_key", NULL}};
+
 struct leadpro {
-    char *base_url;          /* without trailing slashes */
-    char *api_key;
-    char *source;            /* default source for create; NULL: none */
-    long long office_id;     /* default office; -1: none */
-    long connect_timeout_ms;
-    long timeout_ms;
+    struct target_api_conf api; /* base_url, api_key, timeouts */
+    char *source;               /* default source for create; NULL: none */
+    long long office_id;        /* default office; -1: none */
 };
 
 enum lp_kind {
@@ -849,15 +847,15 @@ static enum lb_err leadpro_build(const void *state, enum target_action action, c
     if (!json_is_object(lead))
         goto out;
     if (action == TARGET_CREATE) {
-        n = snprintf(call->url, sizeof(call->url), "%s/leads", st->base_url);
+        n = snprintf(call->url, sizeof(call->url), "%s/leads", st->api.base_url);
         call->method = "POST";
     } else if (action == TARGET_VALUATION) {
-        n = snprintf(call->url, sizeof(call->url), "%s/leads/valuation", st->base_url);
+        n = snprintf(call->url, sizeof(call->url), "%s/leads/valuation", st->api.base_url);
         call->method = "POST";
     } else {
         if (!lp_lead_id_ok(lead_id))
             goto out;
-        n = snprintf(call->url, sizeof(call->url), "%s/leads/%s", st->base_url, lead_id);
+        n = snprintf(call->url, sizeof(call->url), "%s/leads/%s", st->api.base_url, lead_id);
         call->method = "PATCH";
     }
     e = LB_ERR_INTERNAL;
@@ -878,7 +876,7 @@ static enum lb_err leadpro_build(const void *state, enum target_action action, c
     text = json_dumps(body, JSON_COMPACT);
     if (text == NULL)
         goto out;
-    e = http_call_add_header(call, "X-API-KEY", st->api_key);
+    e = http_call_add_header(call, "X-API-KEY", st->api.credentials[0]);
     if (e == LB_OK)
         e = http_call_add_header(call, "Accept", "application/json");
     if (e == LB_OK)
@@ -888,8 +886,8 @@ static enum lb_err leadpro_build(const void *state, enum target_action action, c
     call->body_len = strlen(text);
     call->body = text;
     text = NULL;
-    call->connect_timeout_ms = st->connect_timeout_ms;
-    call->timeout_ms = st->timeout_ms;
+    call->connect_timeout_ms = st->api.connect_timeout_ms;
+    call->timeout_ms = st->api.timeout_ms;
     e = LB_OK;
 out:
     if (e != LB_OK) {
@@ -1110,7 +1108,7 @@ static void lp_failure_reason(const struct leadpro *st, const struct http_reply 
         (void)buf_puts(&raw, reply->transport_message);
     words[0] = '\0';
     if (raw.len > 0) {
-        lp_redact(raw.data, st != NULL && st->api_key != NULL ? st->api_key : "", &safe);
+        lp_redact(raw.data, st != NULL && st->api.credentials[0] != NULL ? st->api.credentials[0] : "", &safe);
         if (safe.data != NULL)
             lp_clean_text(safe.data, safe.len, words, sizeof(words));
     }
@@ -1156,37 +1154,6 @@ out:
 
 /* ---- configuration ---- */
 
-/* Whether s is an http(s) URL we can append paths to: a host; no spaces, query or fragment. */
-static bool lp_base_url_ok(const char *s)
-{
-    const char *host;
-    const char *p;
-
-    if (strncasecmp(s, "https://", 8) == 0)
-        host = s + 8;
-    else if (strncasecmp(s, "http://", 7) == 0)
-        host = s + 7;
-    else
-        return false;
-    if (*host == '\0' || *host == '/' || strlen(s) > LP_MAX_BASE)
-        return false;
-    for (p = s; *p != '\0'; p++)
-        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '?' || *p == '#')
-            return false;
-    return true;
-}
-
-/* Whether the API key can travel in a header: printable ASCII, no spaces, at most 512 bytes. */
-static bool lp_api_key_ok(const char *s)
-{
-    size_t n;
-
-    for (n = 0; s[n] != '\0'; n++)
-        if ((unsigned char)s[n] <= 0x20 || (unsigned char)s[n] >= 0x7f)
-            return false;
-    return n >= 1 && n <= LP_MAX_KEY;
-}
-
 /* Frees a state from configure(); NULL is a no-op. */
 static void leadpro_free(void *state)
 {
@@ -1194,8 +1161,7 @@ static void leadpro_free(void *state)
 
     if (st == NULL)
         return;
-    free(st->base_url);
-    free(st->api_key);
+    target_api_conf_free(&st->api);
     free(st->source);
     free(st);
 }
@@ -1208,10 +1174,8 @@ static void *leadpro_configure(const json_t *conf, const char *path, struct diag
 {
     struct leadpro *st = calloc(1, sizeof(*st));
     size_t before = d->count;
-    const char *type, *base, *key, *source;
+    const char *type, *source;
     const json_t *office;
-    long long connect_s, total_s;
-    size_t n;
     char p[LP_PATH_SIZE];
 
     if (st == NULL) {
@@ -1229,23 +1193,7 @@ static void *leadpro_configure(const json_t *conf, const char *path, struct diag
         conf_path(p, sizeof(p), path, "type");
         diag_add(d, p, "must be \"leadpro\"");
     }
-    base = conf_string(conf, "base_url", path, LP_DEFAULT_BASE, false, d);
-    if (base == NULL || !lp_base_url_ok(base)) {
-        conf_path(p, sizeof(p), path, "base_url");
-        diag_add(d, p, "must be an http:// or https:// URL without spaces, query or fragment, "
-                       "such as %s", LP_DEFAULT_BASE);
-    }
-    key = conf_string(conf, "api_key", path, NULL, true, d);
-    if (key != NULL && *key != '\0' && !lp_api_key_ok(key)) {
-        conf_path(p, sizeof(p), path, "api_key");
-        diag_add(d, p, "must be printable ASCII without spaces, at most %d bytes", LP_MAX_KEY);
-    }
-    connect_s = conf_integer(conf, "connect_timeout", path, 3, 1, 300, d);
-    total_s = conf_integer(conf, "timeout", path, 15, 1, 600, d);
-    if (connect_s > total_s) {
-        conf_path(p, sizeof(p), path, "connect_timeout");
-        diag_add(d, p, "must not be longer than timeout (%lld seconds)", total_s);
-    }
+    target_api_conf_read(conf, path, LP_DEFAULT_BASE, &lp_auth, 1, &st->api, d);
     source = conf_string(conf, "source", path, NULL, false, d);
     if (source != NULL && *source != '\0' && lp_lookup(lp_sources, source, true) == NULL)
         log_msg(LOG_WARN, "%s.source: not a documented LeadPro source; homepage will be sent",
@@ -1255,22 +1203,15 @@ static void *leadpro_configure(const json_t *conf, const char *path, struct diag
         conf_path(p, sizeof(p), path, "office_id");
         diag_add(d, p, "must be a LeadPro office id (a whole number, from GET /offices)");
     }
-    if (d->count != before || key == NULL || base == NULL)
+    if (d->count != before)
         goto fail;
-    st->connect_timeout_ms = (long)connect_s * 1000;
-    st->timeout_ms = (long)total_s * 1000;
-    st->base_url = strdup(base);
-    st->api_key = strdup(key);
-    if (source != NULL && *source != '\0')
+    if (source != NULL && *source != '\0') {
         st->source = strdup(source);
-    if (st->base_url == NULL || st->api_key == NULL ||
-        (source != NULL && *source != '\0' && st->source == NULL)) {
-        diag_add(d, path, "out of memory");
-        goto fail;
+        if (st->source == NULL) {
+            diag_add(d, path, "out of memory");
+            goto fail;
+        }
     }
-    n = strlen(st->base_url);
-    while (n > 0 && st->base_url[n - 1] == '/')
-        st->base_url[--n] = '\0';
     return st;
 fail:
     leadpro_free(st);

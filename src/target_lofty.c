@@ -24,7 +24,6 @@
 
 #define LOFTY_DEFAULT_BASE "https://api.lofty.com"
 #define LOFTY_DEFAULT_SOURCE "leadbridge"
-#define LOFTY_MAX_BASE 1024
 #define LOFTY_NAME_CHARS 30
 #define LOFTY_SEGMENT_CHARS 30
 #define LOFTY_TAG_CHARS 64
@@ -41,14 +40,10 @@ enum lofty_auth { LOFTY_AUTH_TOKEN = 0, LOFTY_AUTH_BEARER, LOFTY_AUTH__MAX };
 enum lofty_long_names { LOFTY_NAMES_REFUSE = 0, LOFTY_NAMES_NOTE, LOFTY_NAMES__MAX };
 enum lofty_attribution { LOFTY_ATTR_TAGS = 0, LOFTY_ATTR_CUSTOM, LOFTY_ATTR__MAX };
 
-static const char *const lofty_auth_names[LOFTY_AUTH__MAX] = {
-    [LOFTY_AUTH_TOKEN] = "token",
-    [LOFTY_AUTH_BEARER] = "bearer",
-};
-/* The config key holding each auth's secret, and the Authorization scheme it is sent with. */
-static const char *const lofty_auth_keys[LOFTY_AUTH__MAX] = {
-    [LOFTY_AUTH_TOKEN] = "api_key",
-    [LOFTY_AUTH_BEARER] = "token",
+/* Each auth and the key of its secret (api.credentials[0]), and the Authorization scheme. */
+static const struct target_auth lofty_auths[LOFTY_AUTH__MAX] = {
+    [LOFTY_AUTH_TOKEN] = {"token", {"api_key", NULL}},
+    [LOFTY_AUTH_BEARER] = {"bearer", {"token", NULL}},
 };
 static const char *const lofty_auth_schemes[LOFTY_AUTH__MAX] = {
     [LOFTY_AUTH_TOKEN] = "token",
@@ -64,16 +59,12 @@ static const char *const lofty_attribution_names[LOFTY_ATTR__MAX] = {
 };
 
 struct lofty {
-    char base_url[LOFTY_MAX_BASE]; /* no trailing '/' */
-    enum lofty_auth auth;
-    char *secret;                  /* owned: api_key or token */
+    struct target_api_conf api;    /* credentials: api_key or token */
     enum lofty_long_names long_names;
     enum lofty_attribution attribution;
     char *source;                  /* owned */
     char **tags;                   /* owned static tags */
     size_t n_tags;
-    long connect_timeout_ms;
-    long timeout_ms;
 };
 
 /* Canonical lead type → Lofty leadTypes id; anything else is Other (-1). */
@@ -141,15 +132,6 @@ static size_t lofty_prefix_bytes(const char *s, size_t max)
     return i;
 }
 
-/* True when s holds a byte that may not go into an HTTP header value. */
-static bool lofty_bad_header_text(const char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7F)
-            return true;
-    return false;
-}
-
 /*
  * Writes the printf-style reason into result->reason. Every text put in is capped well below the
  * reason's size, so nothing is cut; an encoding error leaves the reason empty.
@@ -204,88 +186,12 @@ static void lofty_free(void *state)
 
     if (lf == NULL)
         return;
-    free(lf->secret);
+    target_api_conf_free(&lf->api);
     free(lf->source);
     for (i = 0; i < lf->n_tags; i++)
         free(lf->tags[i]);
     free(lf->tags);
     free(lf);
-}
-
-/*
- * Copies base (an http or https URL) into out without its trailing slashes. Returns false (after
- * reporting under path) when it is not a usable base URL.
- */
-static bool lofty_conf_base(const char *base, char *out, size_t size, const char *path,
-                            struct diag *d)
-{
-    size_t len = strlen(base);
-    const char *p;
-
-    if (strncmp(base, "https://", 8) != 0 && strncmp(base, "http://", 7) != 0) {
-        diag_add(d, path, "must start with https:// or http://");
-        return false;
-    }
-    for (p = base; *p != '\0'; p++) {
-        if ((unsigned char)*p <= 0x20 || *p == 0x7F || *p == '?' || *p == '#') {
-            diag_add(d, path, "must be a plain URL without spaces, query or fragment");
-            return false;
-        }
-    }
-    while (len > 0 && base[len - 1] == '/')
-        len--;
-    if (len >= size || len <= strlen("https://")) {
-        diag_add(d, path, "is empty or too long");
-        return false;
-    }
-    memcpy(out, base, len);
-    out[len] = '\0';
-    return true;
-}
-
-/* Reads the auth mode and its secret (inferred from the keys given when "auth" is left out). */
-static void lofty_conf_auth(struct lofty *lf, const json_t *conf, const char *path, struct diag *d)
-{
-    const char *auth = conf_string(conf, "auth", path, NULL, false, d);
-    const char *s;
-    char sub[512];
-    int i, other;
-
-    conf_path(sub, sizeof(sub), path, "auth");
-    if (auth == NULL) {
-        bool has_key = json_object_get(conf, "api_key") != NULL;
-        bool has_token = json_object_get(conf, "token") != NULL;
-
-        if (json_object_get(conf, "auth") != NULL)
-            return;
-        if (has_key == has_token) {
-            diag_add(d, sub, "is required: \"token\" (api_key) or \"bearer\" (token)");
-            return;
-        }
-        auth = has_key ? "token" : "bearer";
-    }
-    i = lofty_lookup(lofty_auth_names, LOFTY_AUTH__MAX, auth);
-    if (i < 0) {
-        diag_add(d, sub, "must be \"token\" or \"bearer\"");
-        return;
-    }
-    lf->auth = (enum lofty_auth)i;
-    other = i == LOFTY_AUTH_TOKEN ? LOFTY_AUTH_BEARER : LOFTY_AUTH_TOKEN;
-    if (json_object_get(conf, lofty_auth_keys[other]) != NULL) {
-        conf_path(sub, sizeof(sub), path, lofty_auth_keys[other]);
-        diag_add(d, sub, "is not used with auth \"%s\"", auth);
-    }
-    s = conf_string(conf, lofty_auth_keys[i], path, NULL, true, d);
-    if (s == NULL)
-        return;
-    conf_path(sub, sizeof(sub), path, lofty_auth_keys[i]);
-    if (s[0] == '\0' || lofty_bad_header_text(s)) {
-        diag_add(d, sub, "must be a non-empty value without control characters");
-        return;
-    }
-    lf->secret = strdup(s);
-    if (lf->secret == NULL)
-        diag_add(d, sub, "out of memory");
 }
 
 /* Reads one of the enum-valued keys: its index in names[n], or dflt (reporting a bad value). */
@@ -353,7 +259,6 @@ static void *lofty_configure(const json_t *conf, const char *path, struct diag *
     struct lofty *lf;
     size_t before = d->count;
     const char *s;
-    char sub[512];
 
     if (!json_is_object(conf)) {
         diag_add(d, path, "must be an object");
@@ -365,11 +270,8 @@ static void *lofty_configure(const json_t *conf, const char *path, struct diag *
         return NULL;
     }
     conf_check_keys(conf, path, allowed, d);
-    s = conf_string(conf, "base_url", path, LOFTY_DEFAULT_BASE, false, d);
-    conf_path(sub, sizeof(sub), path, "base_url");
-    if (s != NULL)
-        (void)lofty_conf_base(s, lf->base_url, sizeof(lf->base_url), sub, d);
-    lofty_conf_auth(lf, conf, path, d);
+    target_api_conf_read(conf, path, LOFTY_DEFAULT_BASE, lofty_auths, LOFTY_AUTH__MAX, &lf->api,
+                         d);
     lf->long_names = (enum lofty_long_names)lofty_conf_choice(
         conf, "long_names", path, lofty_long_names_names, LOFTY_NAMES__MAX, LOFTY_NAMES_REFUSE, d);
     lf->attribution = (enum lofty_attribution)lofty_conf_choice(
@@ -381,8 +283,6 @@ static void *lofty_configure(const json_t *conf, const char *path, struct diag *
             diag_add(d, path, "out of memory");
     }
     lofty_conf_tags(lf, conf, path, d);
-    lf->connect_timeout_ms = (long)conf_integer(conf, "connect_timeout", path, 3, 1, 600, d) * 1000;
-    lf->timeout_ms = (long)conf_integer(conf, "timeout", path, 15, 1, 600, d) * 1000;
     if (d->count != before) {
         lofty_free(lf);
         return NULL;
@@ -822,20 +722,20 @@ static enum lb_err lofty_build(const void *state, enum target_action action, con
     e = lofty_payload(lf, action, lead, submission_id, &payload);
     if (e != LB_OK)
         goto out;
-    call->connect_timeout_ms = lf->connect_timeout_ms;
-    call->timeout_ms = lf->timeout_ms;
+    call->connect_timeout_ms = lf->api.connect_timeout_ms;
+    call->timeout_ms = lf->api.timeout_ms;
     if (action == TARGET_CREATE) {
         call->method = "POST";
-        n = snprintf(call->url, sizeof(call->url), "%s/v1.0/leads", lf->base_url);
+        n = snprintf(call->url, sizeof(call->url), "%s/v1.0/leads", lf->api.base_url);
     } else {
         call->method = "PUT";
-        n = snprintf(call->url, sizeof(call->url), "%s/v1.0/leads/%s", lf->base_url, lead_id);
+        n = snprintf(call->url, sizeof(call->url), "%s/v1.0/leads/%s", lf->api.base_url, lead_id);
     }
     if (n < 0 || (size_t)n >= sizeof(call->url)) {
         e = LB_ERR_INTERNAL;
         goto out;
     }
-    n = snprintf(auth, sizeof(auth), "%s %s", lofty_auth_schemes[lf->auth], lf->secret);
+    n = snprintf(auth, sizeof(auth), "%s %s", lofty_auth_schemes[lf->api.auth], lf->api.credentials[0]);
     if (n < 0 || (size_t)n >= sizeof(auth)) {
         e = LB_ERR_INTERNAL;
         goto out;

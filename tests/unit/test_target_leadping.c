@@ -168,6 +168,11 @@ Test(configure, refuses_mistakes)
                     "https://");
     configure_fails("{\"type\": \"leadping\", \"token\": \"t\", \"timeout\": 0}", "between");
     configure_fails("{\"type\": \"leadping\", \"token\": \"a\\r\\nX-Evil: 1\"}", "control");
+    configure_fails("{\"type\": \"leadping\", \"token\": \"a b\"}", "without spaces");
+    configure_fails("{\"type\": \"leadping\", \"token\": \"t\", \"connect_timeout\": 20, "
+                    "\"timeout\": 10}", "not be longer than timeout");
+    configure_fails("{\"type\": \"leadping\", \"token\": \"t\", \"base_url\": \"https:///x\"}",
+                    "with a host");
     configure_fails("{\"type\": \"leadping\", \"token\": \"t\", \"price_format\": \"cents\"}",
                     "must be");
     configure_fails("[]", "object");

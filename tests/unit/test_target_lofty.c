@@ -187,6 +187,8 @@ Test(configure, refuses_mistakes)
                     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]}",
                     "64 characters");
     configure_fails("{\"type\": \"lofty\", \"api_key\": \"k\\nX: y\"}", "control");
+    configure_fails("{\"type\": \"lofty\", \"api_key\": \"k\", \"connect_timeout\": 301}",
+                    "between 1 and 300");
     configure_fails("{\"type\": \"lofty\", \"api_key\": \"k\", \"base_url\": \"api.lofty.com\"}",
                     "https://");
 }
