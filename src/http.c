@@ -9,8 +9,6 @@
  * the API closed the connection without answering", ...), then libcurl's text, but never the
  * URL's query or a header value.
  */
-#include "config.h"
-
 #include "http.h"
 
 #include <ctype.h>

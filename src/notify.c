@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "buf.h"
-#include "config.h"
+#include "conf.h"
 #include "crypto.h"
 #include "http.h"
 #include "log.h"
