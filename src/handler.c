@@ -590,7 +590,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     json_t *job = NULL, *record;
     struct outbox_claim *claim = NULL;
     struct lb_error err = {LB_OK, ""};
-    enum lb_err e;
+    enum lb_err e = LB_OK;
 
     if (j->event_id[0] != '\0') {
         /* A builder's retry carries the same event id (its body may differ, e.g. a new
@@ -632,9 +632,14 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
             return;
         }
     }
-    fingerprint(j, action, fp, sizeof(fp));
-    e = outbox_reserve_key(ob, fp, NULL, j->submission_id, now, &dup, existing);
-    if (e == LB_OK && dup) {
+    /* A builder's event id is the whole answer to "is this a repeat": two events with the
+     * same answers are two submissions, so no content fingerprint for them. */
+    fp[0] = '\0';
+    if (j->event_id[0] == '\0') {
+        fingerprint(j, action, fp, sizeof(fp));
+        e = outbox_reserve_key(ob, fp, NULL, j->submission_id, now, &dup, existing);
+    }
+    if (fp[0] != '\0' && e == LB_OK && dup) {
         if (idem[0] != '\0')
             outbox_release_key(ob, idem, j->submission_id);
         replay(j, action, existing, out, rec);
@@ -661,7 +666,8 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     if (e != LB_OK) {
         if (idem[0] != '\0')
             outbox_release_key(ob, idem, j->submission_id);
-        outbox_release_key(ob, fp, j->submission_id);
+        if (fp[0] != '\0')
+            outbox_release_key(ob, fp, j->submission_id);
         log_msg(LOG_ERROR, "outbox: %s", err.message);
         answer_error(j, out, LB_ERR_UNAVAILABLE,
                      "the submission could not be stored; please try again", NULL);
