@@ -23,8 +23,9 @@
 #define ATTRIBUTION_MAX_ORIGIN 300
 
 const char *const attribution_param_keys[] = {
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "utm_id",     "gclid",      "fbclid",       "msclkid",
+    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id",
+    "gclid",      "gbraid",     "wbraid",       "dclid",    "fbclid",      "msclkid",
+    "ttclid",     "li_fat_id",  "twclid",
 };
 const size_t attribution_param_count =
     sizeof(attribution_param_keys) / sizeof(attribution_param_keys[0]);
@@ -441,8 +442,20 @@ static enum lb_err param_value(const struct request *r, const char *key, const c
     return e;
 }
 
-/* landing_page and referrer: a submitted field first, else the http(s) Referer without query. */
-static enum lb_err add_pages(json_t *obj, const struct request *r, size_t cap)
+/* True when url (http or https) is on the site whose scheme://host[:port] is origin. */
+static bool same_site(const char *url, const char *origin)
+{
+    char o[ATTRIBUTION_MAX_ORIGIN];
+
+    return origin != NULL && url != NULL && url_origin(url, false, o, sizeof(o)) &&
+           strcasecmp(o, origin) == 0;
+}
+
+/*
+ * landing_page and referrer: a submitted field first, else the http(s) Referer without query. A
+ * referrer on the site itself (origin, the lead's host) is no referrer: it is dropped.
+ */
+static enum lb_err add_pages(json_t *obj, const struct request *r, size_t cap, const char *origin)
 {
     size_t ref_len = http_scheme_len(r->referer) ? strcspn(r->referer, "?#") : 0;
     char *v = NULL;
@@ -462,6 +475,32 @@ static enum lb_err add_pages(json_t *obj, const struct request *r, size_t cap)
     } else if (ref_len > 0) {
         e = put_clean(obj, "referrer", r->referer, ref_len, cap);
     }
+    if (e == LB_OK && same_site(json_string_value(json_object_get(obj, "referrer")), origin))
+        json_object_del(obj, "referrer");
+    return e;
+}
+
+/*
+ * first_touch: the submitted field, else the cookie <cookie_name>_first (the first visit's UTMs
+ * and click ids as a query string, decoded like the attribution cookie), cleaned and capped.
+ */
+static enum lb_err add_first_touch(json_t *obj, const struct request *r,
+                                   const struct attribution_conf *conf, size_t cap)
+{
+    char name[128], *v = NULL;
+    enum lb_err e;
+
+    e = field_value(r->fields, "first_touch", cap, &v);
+    if (e == LB_OK && v != NULL)
+        return put_owned(obj, "first_touch", v);
+    if (e != LB_OK || conf->cookie_name == NULL || conf->cookie_name[0] == '\0')
+        return e;
+    if (snprintf(name, sizeof(name), "%s_first", conf->cookie_name) >= (int)sizeof(name))
+        return LB_OK;
+    e = cookie_query(r->cookie, name, &v);
+    if (e == LB_OK && v != NULL)
+        e = put_clean(obj, "first_touch", v, strlen(v), cap);
+    free(v);
     return e;
 }
 
@@ -488,7 +527,9 @@ json_t *attribution_extract(const struct request *r, const struct attribution_co
     if (e == LB_OK && host_of(r, origin, sizeof(origin)))
         e = put_clean(obj, "host", origin, strlen(origin), cap);
     if (e == LB_OK)
-        e = add_pages(obj, r, cap);
+        e = add_pages(obj, r, cap, json_string_value(json_object_get(obj, "host")));
+    if (e == LB_OK)
+        e = add_first_touch(obj, r, conf, cap);
     if (e == LB_OK && client_ip(r, conf, ip, sizeof(ip)))
         e = put_clean(obj, "ip", ip, strlen(ip), cap);
     if (e == LB_OK && r->user_agent != NULL)

@@ -24,18 +24,25 @@ struct attribution_conf {
     size_t max_value;                   /* cap for each value, bytes (whole UTF-8 characters) */
 };
 
-/* The keys, in output order: utm_source ... utm_id, gclid, fbclid, msclkid. */
+/*
+ * The keys, in output order: utm_source ... utm_id, then the click ids gclid, gbraid, wbraid,
+ * dclid (Google), fbclid (Meta), msclkid (Microsoft), ttclid (TikTok), li_fat_id (LinkedIn),
+ * twclid (X).
+ */
 extern const char *const attribution_param_keys[];
 extern const size_t attribution_param_count;
 
 /*
  * Returns a new object with the keys that have values, among attribution_param_keys plus "host",
- * "landing_page", "referrer", "ip", "user_agent". Never NULL unless out of memory.
+ * "landing_page", "referrer", "first_touch", "ip", "user_agent". Never NULL unless out of memory.
  * - host: Origin (unless "null"), else the Referer's scheme://host[:port]; lower case, http(s)
  *   only. Never the Host header (our own address): a server-to-server post has no host here, and
  *   the form's config may supply one (see inbound.h).
  * - landing_page / referrer: the submitted field, else the http(s) Referer without query and
- *   fragment (a "referrer" field that is present but empty means no referrer).
+ *   fragment (a "referrer" field that is present but empty means no referrer). A referrer on the
+ *   host's own site is dropped: the site's own pages are never a referrer.
+ * - first_touch: the "first_touch" field, else the cookie <cookie_name>_first (the first visit's
+ *   UTMs and click ids as a query string, kept by the widget or the nginx snippet).
  * - ip: REMOTE_ADDR; when that is a trusted proxy, the right-most X-Forwarded-For address that is
  *   not (an unparsable entry ends the walk at the last trusted hop). Written in canonical form.
  * - the cookie (conf->cookie_name) is percent-decoded once unless it already holds '='.

@@ -20,6 +20,7 @@
 #include "rules.h"
 #include "target.h"
 #include "verify.h"
+#include "visitor.h"
 
 #define CONFIG_MAX_SIZE (4 * 1024 * 1024)
 #define PATH_SIZE 512
@@ -212,6 +213,8 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
         allowed[n_allowed++] = rules_form_keys[i];
     for (i = 0; inbound_form_keys[i] != NULL && n_allowed < 47; i++)
         allowed[n_allowed++] = inbound_form_keys[i];
+    for (i = 0; visitor_form_keys[i] != NULL && n_allowed < 47; i++)
+        allowed[n_allowed++] = visitor_form_keys[i];
     allowed[n_allowed] = NULL;
 
     f->name = strdup(name);
@@ -301,6 +304,7 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
     conf_path(p, sizeof(p), path, "verify");
     f->verify = verify_compile(json_object_get(obj, "verify"), p, d);
     f->inbound = inbound_compile(obj, path, d);
+    f->visitor = visitor_compile(obj, path, d);
 }
 
 static void load_targets(struct config *c, const json_t *targets, struct diag *d)
@@ -508,6 +512,7 @@ void config_free(struct config *c)
         free(f->path);
         free(f->targets);
         rules_free(f->rules);
+        visitor_free(f->visitor);
         free_strings(f->origins, f->n_origins);
         free(f->success_page);
         free(f->error_page);

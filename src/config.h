@@ -25,6 +25,7 @@ struct inbound;
 struct ruleset;
 struct target;
 struct verify;
+struct visitor_form;
 
 enum form_action { FORM_ECHO = 0, FORM_CREATE, FORM_VALUATION, FORM_UPDATE, FORM_ACTION__MAX };
 
@@ -43,6 +44,7 @@ struct form {
     char *webhook_secret;    /* shared secret for server-to-server update calls; NULL: none */
     struct verify *verify;   /* inbound signature or secret check; NULL: none */
     struct inbound *inbound; /* event id, host and parsing limits for builders' posts */
+    struct visitor_form *visitor; /* consent and display (visitor.h); never NULL once loaded */
 };
 
 struct config {

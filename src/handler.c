@@ -24,9 +24,11 @@
 #include "metrics.h"
 #include "monitor.h"
 #include "outbox.h"
+#include "recall.h"
 #include "rules.h"
 #include "target.h"
 #include "verify.h"
+#include "visitor.h"
 
 #define READ_CHUNK 8192
 /* Seconds after which a queued job without a stored answer counts as left by a dead worker. */
@@ -73,10 +75,19 @@ static enum target_action target_action_for(enum form_action a)
     }
 }
 
-/* Answers an error: JSON for scripts; for plain posts a 303 to the error page when one is set. */
+/*
+ * Answers an error: JSON for scripts; for plain posts a 303 to the error page when one is set.
+ * Per-field errors are also given under the submitted inputs they came from ("inputs"); for a
+ * plain post they and the visitor's values are kept behind a random token (recall.h) so the page
+ * can show the form again: only the token, the code and field names go in the URL.
+ */
 static void answer_error(struct job *j, struct response *out, enum lb_err code, const char *msg,
                          json_t *fields)
 {
+    json_t *inputs = NULL;
+
+    if (fields != NULL && j->form != NULL && j->form->rules != NULL)
+        inputs = rules_error_inputs(j->form->rules, j->req.fields, fields);
     if (j->form != NULL && j->form->error_page != NULL && j->req.path != NULL &&
         !request_wants_json(&j->req)) {
         /* Only field names and the code go in the URL: never what the visitor typed. */
@@ -84,6 +95,7 @@ static void answer_error(struct job *j, struct response *out, enum lb_err code, 
         const char *key;
         json_t *v;
         struct buf names;
+        char token[RECALL_TOKEN_SIZE];
 
         buf_init(&names, 1024);
         json_object_foreach(fields, key, v) {
@@ -94,8 +106,15 @@ static void answer_error(struct job *j, struct response *out, enum lb_err code, 
         if (params != NULL && names.len > 0)
             json_object_set_new(params, "fields", json_string(names.data));
         buf_free(&names);
+        if (params != NULL && inputs != NULL && j->req.fields != NULL &&
+            recall_put(j->cfg->spool_dir, j->form->name, j->req.fields, inputs,
+                       (long long)time(NULL), token) == LB_OK)
+            json_object_set_new(params, "lb_error", json_string(token));
         if (params != NULL && response_redirect(out, j->form->error_page, params) == LB_OK) {
+            /* the error page carries a token that reads personal data back: keep it on site */
+            out->same_origin_referrer = true;
             json_decref(params);
+            json_decref(inputs);
             return;
         }
         json_decref(params);
@@ -103,6 +122,9 @@ static void answer_error(struct job *j, struct response *out, enum lb_err code, 
     response_error(out, code, msg);
     if (fields != NULL && out->body != NULL)
         json_object_set(json_object_get(out->body, "error"), "fields", fields);
+    if (inputs != NULL && out->body != NULL)
+        json_object_set(json_object_get(out->body, "error"), "inputs", inputs);
+    json_decref(inputs);
 }
 
 /* Reads the body into b (capped at the form's limit). */
@@ -314,6 +336,8 @@ static void answer_delivery(struct job *j, enum target_action action, const char
                                                         : "no estimate was made"));
         json_object_set_new(body, "valuation", v);
     }
+    if (ref_target != NULL)
+        out->same_origin_referrer = true; /* the page holds a lead reference */
     if (request_wants_json(&j->req) || j->form->success_page == NULL) {
         response_json(out, code, body);
         return;
@@ -338,12 +362,33 @@ static void answer_delivery(struct job *j, enum target_action action, const char
                 snprintf(name, sizeof(name), "%s_%s", blocks[b], keys[k]);
                 if (json_is_number(v))
                     json_object_set(params, name, v);
+                if (json_is_number(v) && j->form->visitor != NULL) {
+                    char money[64];
+
+                    snprintf(name, sizeof(name), "%s_%s_text", blocks[b], keys[k]);
+                    json_object_set_new(
+                        params, name,
+                        json_string(visitor_money(j->form->visitor->locale,
+                                                  j->form->visitor->currency,
+                                                  json_number_value(v), money, sizeof(money))));
+                }
             }
     }
     if (params == NULL || response_redirect(out, j->form->success_page, params) != LB_OK)
         response_json(out, code, json_incref(body));
     json_decref(params);
     json_decref(body);
+}
+
+/* Appends "target: reason" to the request's log detail, as far as it fits (never cut mid-way). */
+static void log_detail_add(struct worker *w, const char *target, const char *reason)
+{
+    size_t used = strlen(w->detail);
+    int n = snprintf(w->detail + used, sizeof(w->detail) - used, "%s%s: %s", used > 0 ? "; " : "",
+                     target, reason);
+
+    if (n < 0 || (size_t)n >= sizeof(w->detail) - used)
+        w->detail[used] = '\0';
 }
 
 /*
@@ -402,10 +447,13 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
             } else {
                 permanent++;
             }
-            snprintf(word, sizeof(word), "%s: %s",
-                     res.outcome == DELIVERY_TRANSIENT ? "queued" : "failed", res.reason);
+            /* The page gets our words; the API's own text goes to the log and the job. */
+            snprintf(word, sizeof(word), "%s",
+                     res.outcome == DELIVERY_TRANSIENT ? "queued" : "failed");
             if (reason[0] == '\0' || (permanent > 0 && res.outcome == DELIVERY_PERMANENT))
                 snprintf(reason, sizeof(reason), "%s", res.reason);
+            log_detail_add(j->w, t->name, res.reason);
+            rec->detail = j->w->detail;
         }
         json_object_set_new(targets, t->name, json_string(word));
         target_result_clear(&res);
@@ -430,7 +478,11 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
         answer_delivery(j, action, status, targets, refs, ref_target, valuation, out);
     } else {
         rec->outcome = "rejected";
-        answer_error(j, out, LB_ERR_REJECTED, reason, NULL);
+        answer_error(j, out, LB_ERR_REJECTED,
+                     permanent > 0 && reason[0] != '\0'
+                         ? "we could not pass on these details; please check them, or call us"
+                         : "we could not pass on these details; please try again",
+                     NULL);
         if (out->body != NULL)
             json_object_set(out->body, "targets", targets);
     }
@@ -461,7 +513,7 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
 {
     struct outbox_claim *claim = NULL;
     json_t *rec, *targets, *refs, *t;
-    const char *name, *ref_target = NULL, *why;
+    const char *name, *ref_target = NULL;
 
     if (state != OUTBOX_QUEUED && state != OUTBOX_DONE && state != OUTBOX_DEAD)
         return false;
@@ -481,8 +533,9 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
         outbox_release(claim);
     }
     if (state == OUTBOX_DEAD) {
-        why = json_string_value(json_object_get(rec, "dead_reason"));
-        answer_error(j, out, LB_ERR_REJECTED, why != NULL ? why : "the lead was refused", NULL);
+        /* the dead reason (the API's words) stays in the job: leadbridge queue show */
+        answer_error(j, out, LB_ERR_REJECTED,
+                     "we could not pass on these details; please check them, or call us", NULL);
         json_decref(rec);
         return true;
     }
@@ -691,6 +744,92 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         log_msg(LOG_ERROR, "outbox: could not file job %s", j->submission_id);
 }
 
+/* Sets status and a text/plain body: a copy of text. */
+static void answer_text(struct response *out, int status, const char *text)
+{
+    response_text(out, status, "text/plain; charset=utf-8", strdup(text != NULL ? text : ""));
+}
+
+/* The string value of a query parameter of a GET (parsed into j->req.fields), or NULL. */
+static const char *query_param(const struct job *j, const char *name)
+{
+    return control_field(j->req.fields, name);
+}
+
+/*
+ * GET <form path>/settings and GET <form path>/recall: what the widget and the no-JavaScript
+ * pages read besides posting. settings answers the form's public display and consent settings as
+ * JSON (?k=disclaimer answers the disclaimer alone as text, for an SSI include); recall answers
+ * one value (?t=TOKEN&v=NAME) or one error message (?t=TOKEN&e=NAME) of a rejected plain post as
+ * text, empty when there is none, 404 when the token is unknown or expired. Returns false when
+ * the path is neither (the caller answers 404).
+ */
+static bool serve_form_extra(struct job *j, struct response *out, struct log_record *rec)
+{
+    static const char *const suffixes[] = {"/settings", "/recall"};
+    struct lb_error err = {LB_OK, ""};
+    size_t plen = strlen(j->req.path), which = 0, slen = 0;
+    char base[512];
+
+    for (which = 0; which < 2; which++) {
+        slen = strlen(suffixes[which]);
+        if (plen > slen && strcmp(j->req.path + plen - slen, suffixes[which]) == 0)
+            break;
+    }
+    if (which == 2 || plen - slen >= sizeof(base))
+        return false;
+    memcpy(base, j->req.path, plen - slen);
+    base[plen - slen] = '\0';
+    j->form = config_find_form(j->cfg, base);
+    if (j->form == NULL || j->form->visitor == NULL)
+        return false;
+    rec->form = j->form->name;
+    rec->outcome = which == 0 ? "settings" : "recall";
+    if (j->req.origin != NULL && !origin_allowed(j->form, j->req.origin)) {
+        rec->outcome = "origin_refused";
+        response_error(out, LB_ERR_FORBIDDEN, "this site may not use this form");
+        return true;
+    }
+    if (j->req.origin != NULL && j->form->n_origins > 0)
+        out->allow_origin = strdup(j->req.origin);
+    if (j->req.method != METHOD_GET && j->req.method != METHOD_HEAD) {
+        response_error(out, LB_ERR_METHOD, "this address takes GET");
+        out->allow = "GET, HEAD";
+        return true;
+    }
+    if (request_parse_body(&j->req, "", 0, &err) != LB_OK) {
+        response_error(out, LB_ERR_BAD_REQUEST, err.message);
+        return true;
+    }
+    if (which == 0) {
+        const char *k = query_param(j, "k");
+
+        if (k != NULL && strcmp(k, "disclaimer") == 0)
+            answer_text(out, 200, j->form->visitor->disclaimer);
+        else
+            response_json(out, 200, visitor_settings(j->form->visitor, j->form->name));
+        return true;
+    }
+    {
+        json_t *r = recall_get(j->cfg->spool_dir, j->form->name, query_param(j, "t"),
+                               (long long)time(NULL));
+        const char *v = query_param(j, "v"), *e = query_param(j, "e");
+        const json_t *text = NULL;
+
+        if (r == NULL) {
+            answer_text(out, 404, "");
+            return true;
+        }
+        if (v != NULL)
+            text = json_object_get(json_object_get(r, "values"), v);
+        else if (e != NULL)
+            text = json_object_get(json_object_get(r, "errors"), e);
+        answer_text(out, 200, json_is_string(text) ? json_string_value(text) : "");
+        json_decref(r);
+    }
+    return true;
+}
+
 void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, void *env_ctx,
                  body_read_fn read_fn, void *read_ctx, struct response *out,
                  struct log_record *rec)
@@ -709,6 +848,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     buf_init(&body, 0);
     memset(rec, 0, sizeof(*rec));
     rec->outcome = "error";
+    w->detail[0] = '\0';
 
     e = request_from_env(&j.req, env, env_ctx, &err);
     snprintf(w->request_id, sizeof(w->request_id), "%s", j.req.id);
@@ -724,6 +864,8 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
     j.form = config_find_form(cfg, j.req.path);
+    if (j.form == NULL && serve_form_extra(&j, out, rec))
+        goto out;
     if (j.form == NULL) {
         rec->outcome = "not_found";
         response_error(out, LB_ERR_NOT_FOUND, "no form at this address");
@@ -790,6 +932,12 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     inbound_event_id(j.form->inbound, j.req.fields, env, env_ctx, j.event_id, sizeof(j.event_id));
     if (j.attribution == NULL ||
         rules_apply(j.form->rules, j.req.fields, j.attribution, &j.lead, &j.errors) != LB_OK) {
+        response_error(out, LB_ERR_NOMEM, NULL);
+        goto out;
+    }
+    if (j.form->action != FORM_UPDATE && j.form->action != FORM_ECHO &&
+        visitor_consent_apply(j.form->visitor, j.req.fields, j.lead, &j.errors,
+                              (long long)time(NULL)) != LB_OK) {
         response_error(out, LB_ERR_NOMEM, NULL);
         goto out;
     }

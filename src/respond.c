@@ -198,6 +198,8 @@ enum lb_err response_serialize(const struct response *r, bool head_only, struct 
                           "X-Requested-With\r\nAccess-Control-Max-Age: 600\r\n");
     if (e == LB_OK && r->retry_after >= 0)
         e = buf_printf(out, "Retry-After: %lld\r\n", r->retry_after);
+    if (e == LB_OK && r->same_origin_referrer)
+        e = buf_puts(out, "Referrer-Policy: same-origin\r\n");
     if (e == LB_OK)
         e = buf_puts(out, "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n");
     if (e == LB_OK && r->body != NULL) {

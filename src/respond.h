@@ -25,6 +25,7 @@ struct response {
     bool preflight;        /* a CORS preflight answer: adds the Allow-Methods/Headers lines */
     char *text;            /* owned non-JSON body (metrics); NULL for none */
     const char *text_type; /* static Content-Type of text */
+    bool same_origin_referrer; /* Referrer-Policy: same-origin (the answer carries a lead ref) */
 };
 
 void response_init(struct response *r);
@@ -41,6 +42,7 @@ void response_text(struct response *r, int status, const char *content_type, cha
  * to its query string, percent-encoded. LB_ERR_INTERNAL if base_url holds CR/LF/NUL.
  */
 enum lb_err response_redirect(struct response *r, const char *base_url, const json_t *params);
+
 
 /* Writes the CGI response (Status line, headers, blank line, body unless head_only) into out. */
 enum lb_err response_serialize(const struct response *r, bool head_only, struct buf *out);

@@ -64,13 +64,15 @@ static const char *const when_keys[] = {"field", "match", "equals", "present", N
 
 /* Attribution keys copied into the lead when no rule set them. */
 static const char *const attribution_lead_keys[] = {
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id", "gclid",
-    "fbclid",     "msclkid",    "host",         "landing_page", "referrer", "ip",   "user_agent",
-    NULL,
+    "utm_source", "utm_medium",  "utm_campaign", "utm_term",  "utm_content", "utm_id",
+    "gclid",      "gbraid",      "wbraid",       "dclid",     "fbclid",      "msclkid",
+    "ttclid",     "li_fat_id",   "twclid",       "host",      "landing_page", "referrer",
+    "first_touch", "ip",         "user_agent",   NULL,
 };
 /* Submitted names never gathered into meta (besides utm_*, _* and lb_*). */
 static const char *const meta_skip_names[] = {
-    "gclid", "fbclid", "msclkid", "landing_page", "referrer", NULL,
+    "gclid",  "gbraid", "wbraid",   "dclid",  "fbclid",       "msclkid",  "ttclid",
+    "li_fat_id", "twclid", "landing_page", "referrer", "first_touch", NULL,
 };
 
 /* ---- compiled form ---- */
@@ -2582,4 +2584,73 @@ out:
     json_decref(errs);
     json_decref(work);
     return e;
+}
+
+/* True when rule r writes the lead field named field (its "field", or one of its captures). */
+static bool rule_writes(const struct rule *r, const char *field)
+{
+    size_t i;
+
+    if (r->field != NULL)
+        return strcmp(r->field, field) == 0;
+    for (i = 0; i < r->n_captures; i++)
+        if (strcmp(r->captures[i].field, field) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The submitted top-level name the lead field's value comes from: the first rule writing field,
+ * its first "from" that was submitted (a "lead.x" source is followed to the rule writing x, at
+ * most depth levels), else its first plain source. Borrowed from rs, or NULL.
+ */
+static const char *input_of(const struct ruleset *rs, const json_t *fields, const char *field,
+                            int depth)
+{
+    const char *first = NULL, *name;
+    const struct source *s;
+    size_t i, k;
+
+    for (i = 0; i < rs->n_rules; i++) {
+        if (!rule_writes(&rs->rules[i], field))
+            continue;
+        for (k = 0; k < rs->rules[i].n_from; k++) {
+            s = &rs->rules[i].from[k];
+            if (s->n_steps == 0 || s->steps[0].kind != STEP_KEY)
+                continue;
+            if (s->root == ROOT_FIELDS) {
+                if (json_object_get(fields, s->steps[0].key) != NULL)
+                    return s->steps[0].key;
+                if (first == NULL)
+                    first = s->steps[0].key;
+            } else if (s->root == ROOT_LEAD && s->n_steps == 1 && depth > 0) {
+                name = input_of(rs, fields, s->steps[0].key, depth - 1);
+                if (name != NULL)
+                    return name;
+            }
+        }
+        if (first != NULL)
+            return first;
+    }
+    return first;
+}
+
+json_t *rules_error_inputs(const struct ruleset *rs, const json_t *fields, const json_t *errors)
+{
+    json_t *out = json_object();
+    const char *key, *name;
+    json_t *msg;
+
+    if (out == NULL)
+        return NULL;
+    json_object_foreach((json_t *)errors, key, msg) {
+        name = input_of(rs, json_is_object(fields) ? fields : NULL, key, 8);
+        if (name == NULL)
+            name = key;
+        if (json_object_get(out, name) == NULL && json_object_set(out, name, msg) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
 }

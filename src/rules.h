@@ -47,6 +47,15 @@ struct rules_source *rules_source_compile(const char *text, const char *path, st
 const json_t *rules_source_get(const struct rules_source *s, const json_t *fields);
 void rules_source_free(struct rules_source *s);
 
+/*
+ * The errors of rules_apply (borrowed) keyed by the submitted input each field's value came from
+ * (its rule's "from", following "lead.x" sources back to the rule that wrote x), so a page can
+ * put each message under the box the visitor filled in: {"name": "please give your full name"}.
+ * A field no input feeds keeps its own name; the first message per input wins. Returns a new
+ * object, or NULL when out of memory.
+ */
+json_t *rules_error_inputs(const struct ruleset *rs, const json_t *fields, const json_t *errors);
+
 /* Frees rs; NULL is a no-op. */
 void rules_free(struct ruleset *rs);
 /* Frees this thread's match data; call before a worker thread exits. */

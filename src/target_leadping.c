@@ -77,7 +77,8 @@ static const struct leadping_field leadping_fields[] = {
 
 /* Canonical string fields carried in sourceMetadata under their own names. */
 static const char *const leadping_metadata_fields[] = {
-    "host", "gclid", "fbclid", "msclkid", "utm_id", "type", "message",
+    "host",   "gclid",  "gbraid",    "wbraid", "dclid",       "fbclid", "msclkid",
+    "ttclid", "li_fat_id", "twclid", "utm_id", "first_touch", "type",   "message",
 };
 
 #define N_ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))

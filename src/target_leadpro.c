@@ -134,8 +134,9 @@ static const struct lp_field lp_update_fields[] = {
     {NULL, LP_KIND__MAX, 0, 0, NULL, 0}};
 
 /* Attribution that travels in meta, highest priority first (gclid is utm_gclid on update). */
-static const char *const lp_meta_extras[] = {"utm_id", "gclid", "fbclid", "msclkid",
-                                             "landing_page", "referrer", NULL};
+static const char *const lp_meta_extras[] = {
+    "utm_id", "gclid",     "gbraid", "wbraid",       "dclid",    "fbclid",      "msclkid",
+    "ttclid", "li_fat_id", "twclid", "landing_page", "referrer", "first_touch", NULL};
 
 static const char *const lp_conf_keys[] = {"type", "base_url", "api_key", "connect_timeout",
                                            "timeout", "source", "office_id", NULL};

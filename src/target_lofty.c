@@ -83,8 +83,9 @@ static const struct {
 static const char *const lofty_text_fields[] = {
     "first_name", "last_name", "email", "phone", "address", "address2", "city", "state",
     "postcode", "property_type", "message", "source", "type", "utm_source", "utm_medium",
-    "utm_campaign", "utm_term", "utm_content", "utm_id", "host", "gclid", "fbclid", "msclkid",
-    "landing_page", "referrer",
+    "utm_campaign", "utm_term", "utm_content", "utm_id", "host", "gclid", "gbraid", "wbraid",
+    "dclid", "fbclid", "msclkid", "ttclid", "li_fat_id", "twclid", "landing_page", "referrer",
+    "first_touch",
 };
 
 /* Attribution sent as tags "name:value" (attribution "tags"). */
@@ -94,13 +95,15 @@ static const char *const lofty_tag_attribution[] = {
 
 /* Attribution too long for a tag: in "tags" mode it goes into the note as "name: value" lines. */
 static const char *const lofty_note_attribution[] = {
-    "gclid", "fbclid", "msclkid", "landing_page", "referrer",
+    "gclid",  "gbraid",    "wbraid", "dclid",        "fbclid",   "msclkid",     "ttclid",
+    "li_fat_id", "twclid", "landing_page", "referrer", "first_touch",
 };
 
 /* Attribution sent as text custom attributes of the same name (attribution "custom_attributes"). */
 static const char *const lofty_custom_attribution[] = {
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id", "gclid",
-    "fbclid", "msclkid", "host", "landing_page", "referrer",
+    "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "ttclid", "li_fat_id", "twclid", "host",
+    "landing_page", "referrer", "first_touch",
 };
 
 /* --- small helpers ---------------------------------------------------------------------------- */

@@ -205,8 +205,8 @@ class Outage(OutboxCase):
             body = r.json()
             self.assertIs(body.get("ok"), True, body)
             self.assertEqual(body.get("status"), "queued", body)
-            self.assertTrue(body["targets"]["leadpro"].startswith("queued: "), body)
-            self.assertIn("503", body["targets"]["leadpro"])
+            self.assertEqual(body["targets"]["leadpro"], "queued", body)   # our words only
+            self.assertNotIn("503", json.dumps(body))
 
         listed = queue(st, "list")
         self.assertEqual(len(listed), 3, listed)
@@ -307,7 +307,7 @@ class Queue(OutboxCase):
         r = self.post("/lead/create", lead(t))
         self.assertEqual(r.status, 202, r)
         self.assertEqual(r.json()["status"], "queued", r)
-        self.assertIn("429", r.json()["targets"]["leadpro"])
+        self.assertEqual(r.json()["targets"]["leadpro"], "queued", r)   # the 429 is in the job
         job = find_job(st, t)
         self.assertIsNotNone(job)
         self.assertEqual(job["state"], "queued", job)
@@ -340,7 +340,7 @@ class Queue(OutboxCase):
         self.assertEqual(r.status, 422, r)
         body = r.json()
         self.assertEqual(body["error"]["code"], "rejected", body)
-        self.assertIn("office id is invalid", body["error"]["message"])
+        self.assertNotIn("office id is invalid", json.dumps(body))    # kept in the job
         job = find_job(st, t)
         self.assertIsNotNone(job, "the refused lead is kept as a dead letter")
         jid = job["id"]

@@ -160,8 +160,9 @@ Test(attribution, data_cases)
 Test(attribution, param_keys_in_order)
 {
     static const char *const want[] = {
-        "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-        "utm_id",     "gclid",      "fbclid",       "msclkid",
+        "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id",
+        "gclid",      "gbraid",     "wbraid",       "dclid",    "fbclid",      "msclkid",
+        "ttclid",     "li_fat_id",  "twclid",
     };
     size_t i;
 
