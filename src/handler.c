@@ -362,16 +362,6 @@ static void answer_delivery(struct job *j, enum target_action action, const char
                 snprintf(name, sizeof(name), "%s_%s", blocks[b], keys[k]);
                 if (json_is_number(v))
                     json_object_set(params, name, v);
-                if (json_is_number(v) && j->form->visitor != NULL) {
-                    char money[64];
-
-                    snprintf(name, sizeof(name), "%s_%s_text", blocks[b], keys[k]);
-                    json_object_set_new(
-                        params, name,
-                        json_string(visitor_money(j->form->visitor->locale,
-                                                  j->form->visitor->currency,
-                                                  json_number_value(v), money, sizeof(money))));
-                }
             }
     }
     if (params == NULL || response_redirect(out, j->form->success_page, params) != LB_OK)
@@ -759,7 +749,8 @@ static const char *query_param(const struct job *j, const char *name)
 /*
  * GET <form path>/settings and GET <form path>/recall: what the widget and the no-JavaScript
  * pages read besides posting. settings answers the form's public display and consent settings as
- * JSON (?k=disclaimer answers the disclaimer alone as text, for an SSI include); recall answers
+ * JSON (?k=disclaimer answers the disclaimer alone as text, ?k=money&n=DIGITS one number written
+ * in the form's locale and currency, both for SSI includes); recall answers
  * one value (?t=TOKEN&v=NAME) or one error message (?t=TOKEN&e=NAME) of a rejected plain post as
  * text, empty when there is none, 404 when the token is unknown or expired. Returns false when
  * the path is neither (the caller answers 404).
@@ -802,12 +793,24 @@ static bool serve_form_extra(struct job *j, struct response *out, struct log_rec
         return true;
     }
     if (which == 0) {
-        const char *k = query_param(j, "k");
+        const char *k = query_param(j, "k"), *n = query_param(j, "n");
 
-        if (k != NULL && strcmp(k, "disclaimer") == 0)
+        if (k != NULL && strcmp(k, "disclaimer") == 0) {
             answer_text(out, 200, j->form->visitor->disclaimer);
-        else
+        } else if (k != NULL && strcmp(k, "money") == 0) {
+            char money[64];
+            size_t len = n != NULL ? strlen(n) : 0;
+
+            /* a number from the result page's own query (nginx SSI): digits only */
+            if (len == 0 || len > 15 || strspn(n, "0123456789") != len)
+                answer_text(out, 200, "");
+            else
+                answer_text(out, 200,
+                            visitor_money(j->form->visitor->locale, j->form->visitor->currency,
+                                          strtod(n, NULL), money, sizeof(money)));
+        } else {
             response_json(out, 200, visitor_settings(j->form->visitor, j->form->name));
+        }
         return true;
     }
     {

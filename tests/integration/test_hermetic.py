@@ -99,7 +99,8 @@ class CallerEnvironment(unittest.TestCase):
         t = uuid.uuid4().hex[:10]
         data = {"name": "Ada Hermetic", "email": "ada.%s@example.com" % t,
                 "phone": "07700 900456", "address": "1 Hermetic Street, Derby DE1 1JX",
-                "bedrooms": "4", "property_type": "Detached", "purpose": "sell"}
+                "bedrooms": "4", "property_type": "Detached", "purpose": "sell",
+                "consent": "yes"}   # the sample valuation form requires consent
         h = {"Origin": self.st.web}
         r = self.st.post("/lead/valuation", data, headers=h)
         self.assertEqual(r.status, 200, r)

@@ -280,14 +280,14 @@ class Sample(LeadProCase):
         self.assertEqual({k: q.get(k) for k in want}, {k: str(x) for k, x in want.items()})
         self.assertEqual(ref_parts(q["lb_ref"])[:2], ("leadpro", str(rec["id"])))
 
-        # the page, through nginx SSI, prints the numbers and carries the reference
+        # the page, through nginx SSI, prints the numbers (formatted: issue 10) and the reference
         page = self.st.request("GET", loc[len(self.st.web):])
         self.assertEqual(page.status, 200, page)
         html = page.body.decode()
         for block in ("sale", "rent"):
-            nums = re.findall(r"&pound;(\d+)</strong>",
-                              html.split('id="%s"' % block, 1)[1].split("</div>\n</div>")[0])
-            self.assertEqual(nums, [q[block + "_min"], q[block + "_avg"], q[block + "_max"]])
+            nums = re.findall("<dd>\u00a3([0-9,]+)</dd>",
+                              html.split('id="%s"' % block, 1)[1].split("</dl>")[0])
+            self.assertEqual(nums, ["{:,}".format(int(q[block + k])) for k in ("_min", "_avg", "_max")])
         self.assertNotIn('id="no-estimate"', html)
         hidden = re.search(r'name="lb_ref" value="([^"]*)"', html)
         self.assertEqual(hidden.group(1), q["lb_ref"])

@@ -132,6 +132,7 @@ class WidgetBridge(unittest.TestCase):
         self.assertIn('aria-invalid="true"', html)
         self.assertIn('href="#lb-valuation-email"', html)
         self.assertIn("privacy policy", html)
+        self.assertNotIn("an error occurred", html)     # nginx SSI understood every directive
         self.assertEqual(page.header("referrer-policy"), "same-origin")
 
     # -- consent -----------------------------------------------------------------------------------
@@ -207,15 +208,22 @@ class WidgetBridge(unittest.TestCase):
     def test_the_no_javascript_result_gets_formatted_numbers(self):
         r = self.st.post("/lead/valuation", valuation(token(), bedrooms="20"),
                          headers=self.origin(), script=False)
-        q = urllib.parse.parse_qs(urllib.parse.urlsplit(r.header("location")).query)
+        loc = r.header("location")
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
         avg = int(q["sale_avg"][0])
         self.assertGreater(avg, 999999)
         want = "\u00a3" + "{:,}".format(avg)
-        self.assertEqual(q["sale_avg_text"], [want])
-        page = self.st.request("GET", r.header("location")[len(self.st.web):]).body.decode()
-        self.assertIn(want.replace("\u00a3", "&pound;").replace("&pound;", "\u00a3"),
-                      page.replace("&pound;", "\u00a3"))
+        r = self.st.request("GET", "/lead/valuation/settings?k=money&n=%d" % avg)
+        self.assertEqual(r.body.decode(), want)
+        for bad in ("1e9", "-5", "12a", "1" * 16, ""):
+            r = self.st.request("GET", "/lead/valuation/settings?k=money&n=" + bad)
+            self.assertEqual((r.status, r.body), (200, b""), bad)
+        # the sample result page prints them through SSI, and the disclaimer
+        page = self.st.request("GET", loc[len(self.st.web):]).body.decode()
+        self.assertIn(want, page)
         self.assertNotIn(">%d<" % avg, page)
+        self.assertIn("automated estimate", page)
+        self.assertNotIn("an error occurred", page)
 
     def test_settings_for_the_widget_and_cors_for_the_embed(self):
         st, h = self.st.get_json("/lead/valuation/settings", headers={"Origin": EMBED})
