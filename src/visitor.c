@@ -9,7 +9,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "config.h"
+#include "conf.h"
 
 #define VISITOR_PATH_SIZE 512
 
