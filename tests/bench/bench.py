@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
 """bench.py: leadbridge's benchmark (run by scripts/bench): prints figures, asserts nothing.
 
-Everything runs on 127.0.0.1, in one temp dir, and is stopped and removed at the end (or on
-Ctrl-C/SIGTERM). One nginx (our own config, tests/bench/nginx.conf.in) fronts:
+Everything runs on 127.0.0.1 in one temp dir and is stopped and removed at the end (or on
+Ctrl-C/SIGTERM). One front nginx (nginx.conf.in) passes the same form posts (post.lua: a
+valuation-form body unique to every request, across wrk's threads and runs) to each responder;
+a second nginx (api.conf.in) is the LeadPro API: instant, or answering after 250 ms.
 
-  1. throughput and latency with wrk (2 threads, 50 connections): a static file, the bare
-     FastCGI responder (bare_fcgi.c) and leadbridge's echo form, both fed the same urlencoded
-     form post (post.lua), both with the same number of threads;
-  2. the bridge's memory (VmRSS, VmHWM from /proc/PID/status) idle and after that load;
-  3. slow-API concurrency: the stand-in LeadPro answers after `delay` seconds; N clients post
-     at once to a create form (bench.json, target timeout 10 s); we count completed requests and
-     the time, and sample each bridge process's memory and thread count while they wait.
-     Bridge set-ups: one process with -t 64 (its own socket), and spawn-fcgi -F 2 processes.
+  1. 16 connections, instant API: the bare libfcgi responder (bare_fcgi.c, the ceiling), the
+     PHP peer (valuation.php on php-fpm: parse, curl the API, answer JSON; no durability),
+     leadbridge's echo form, and leadbridge's durable valuation path (spool + deliver);
+     best of ROUNDS interleaved rounds.
+  2. 250 ms API, 256 and 1,024 clients: the bridge and the PHP peer, each 2 processes:
+     req/s, p50, p99, error answers, and RSS per process sampled while the clients wait.
+  3. Issue 9's goals, printed next to the figures they are about.
 
-Usage: bench.py --bin LEADBRIDGE --bare BARE_FCGI [--quick] [--duration S]
-Python 3 standard library only (plus the wrk program).
+How the bridge runs is in one place (BRIDGE_* and bridge_argv below); php-fpm's pool settings
+too (PHP_POOL). Usage: bench.py --bin LEADBRIDGE --bare BARE_FCGI [--quick] [--keep].
+Python 3 standard library only (plus wrk, nginx with the echo module, php-fpm, spawn-fcgi).
 """
 
 import argparse
 import ctypes
+import glob
 import http.client
 import json
 import os
@@ -34,15 +37,43 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
-import harness  # noqa: E402  (free_port, find_nginx, fcgi_connect)
+import harness  # noqa: E402  (free_port, find_nginx, fcgi_connect, base_env)
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
-SLOW_DELAY = 2            # seconds the stand-in LeadPro waits before answering
-WRK_THREADS, WRK_CONNS = 2, 50
-BODY = ("name=Marla+Singer&email=marla%40example.com&phone=07986000000&enquiry=Selling"
-        "&postcode=DE1+1JX&message=Is+the+flat+on+Elm+Street+still+available%3F"
-        "&utm_source=newsletter&utm_medium=email&utm_campaign=spring&gclid=TEST123")
+API_DELAY = 0.25          # seconds the slow API takes (api.conf.in's echo_sleep)
+
+# ---- how the bridge and the PHP peer run: change them here -----------------------------------
+# The bridge: BRIDGE_PROCESSES processes sharing one socket (spawn-fcgi -F), each started with
+# bridge_argv(); BRIDGE_THREADS per phase.
+BRIDGE_PROCESSES = 2
+BRIDGE_THREADS = {"fast": 8, "slow": 128}
+
+
+def bridge_argv(a, phase):
+    """The bridge's command line for phase "fast" (16 connections) or "slow" (250 ms API)."""
+    return [a.bin, "-c", a.config, "-t", str(BRIDGE_THREADS[phase])]
+
+
+# The PHP peer: one php-fpm pool, as many workers as the bridge has processes, static (a
+# site owner sizing PHP for a 2-core host would give it about this; more workers only add
+# memory for a CPU-bound handler). Printed with the figures.
+PHP_POOL = {"pm": "static", "pm.max_children": "2"}
+
+FAST_CONNS = 16
+SLOW_CLIENTS = (256, 1024)
+WRK_THREADS = 2
+WRK_TIMEOUT = "5s"        # a request unanswered this long counts as a timeout
+# A LeadPro-shaped instant valuation answer (leadpro-instant-valuation: the lead's id, estimates).
+API_ANSWER = json.dumps({
+    "data": {"id": 7340001},
+    "minimum_sale_estimation": 300000, "average_sale_estimation": 330000,
+    "maximum_sale_estimation": 360000, "minimum_rent_estimation": 1200,
+    "average_rent_estimation": 1320, "maximum_rent_estimation": 1450,
+    "valuation_status": "Success"}, separators=(",", ":"))
+SAMPLE_BODY = ("name=Ada+Lovelace&email=ada.check%40example.com&phone=07986000000"
+               "&address=1+Elm+Street%2C+Derby+DE1+1JX&bedrooms=3&property_type=Detached"
+               "&purpose=sell&consent=yes&utm_source=newsletter")
 
 
 def say(msg):
@@ -166,55 +197,6 @@ def mib(kb):
     return "%.1f MiB" % (kb / 1024.0)
 
 
-def write_nginx_conf(d, web_port, bare_addr, bridge_addr, workers):
-    with open(os.path.join(HERE, "nginx.conf.in")) as f:
-        text = f.read()
-    for k, v in {"@USER@": "user root;" if os.geteuid() == 0 else "", "@DIR@": d,
-                 "@WORKERS@": str(workers), "@WEB_PORT@": str(web_port),
-                 "@BARE@": bare_addr, "@BRIDGE@": bridge_addr}.items():
-        text = text.replace(k, v)
-    for sub in ("www", "nginx-tmp"):
-        os.makedirs(os.path.join(d, sub), exist_ok=True)
-    path = os.path.join(d, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def start_nginx(procs, d, web_port, bare_addr, bridge_addr, workers):
-    nginx = harness.find_nginx()
-    if nginx is None:
-        raise RuntimeError("nginx is not installed")
-    conf = write_nginx_conf(d, web_port, bare_addr, bridge_addr, workers)
-    p = procs.spawn("nginx", [nginx, "-p", d, "-e", os.path.join(d, "nginx-error.log"),
-                              "-c", conf])
-    procs.wait_accepting("nginx", p, "127.0.0.1:%d" % web_port)
-    return p
-
-
-def http_post(port, path, body, timeout=30.0):
-    """One POST through nginx; returns (status, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, body=body,
-                     headers={"Content-Type": "application/x-www-form-urlencoded",
-                              "Accept": "application/json"})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
-def http_get(port, path, timeout=10.0):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
 def to_ms(text):
     """wrk's '1.23ms' / '850.00us' / '1.02s' → milliseconds."""
     m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
@@ -224,17 +206,159 @@ def to_ms(text):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
 
-def run_wrk(url, seconds, script=None):
-    """Runs wrk; returns {'rps', 'p50', 'p99', 'requests', 'non2xx', 'errors'}."""
-    argv = ["wrk", "-t%d" % WRK_THREADS, "-c%d" % WRK_CONNS, "-d%ds" % seconds, "--latency",
-            "--timeout", "5s"]
-    if script:
-        argv += ["-s", script]
-    argv.append(url)
-    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         timeout=seconds + 30, universal_newlines=True).stdout
+def fill(template, values, out):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace(k, v)
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+def start_nginx(procs, a, name, conf):
+    nginx = harness.find_nginx()
+    if nginx is None:
+        raise RuntimeError("nginx is not installed")
+    p = procs.spawn(name, [nginx, "-p", a.dir, "-e", os.path.join(a.dir, name + "-error.log"),
+                           "-c", conf], env=harness.base_env())
+    return p
+
+
+def start_front(procs, a):
+    """The front nginx on a.web: /bare, /php and /lead/ (the bridge on a.bridge_addr)."""
+    os.makedirs(os.path.join(a.dir, "nginx-tmp"), exist_ok=True)
+    conf = fill("nginx.conf.in", {
+        "@USER@": "user root;" if os.geteuid() == 0 else "", "@DIR@": a.dir,
+        "@WORKERS@": str(a.nginx_workers), "@WEB_PORT@": str(a.web), "@BARE@": a.bare_addr,
+        "@PHP@": a.php_addr, "@PHP_SCRIPT@": a.php_script,
+        "@BRIDGE@": a.bridge_addr}, os.path.join(a.dir, "nginx.conf"))
+    p = start_nginx(procs, a, "nginx", conf)
+    procs.wait_accepting("nginx", p, "127.0.0.1:%d" % a.web)
+    return p
+
+
+def start_api(procs, a):
+    """The LeadPro stand-in nginx on a.api (instant and 250 ms)."""
+    module = next(iter(glob.glob("/usr/lib/nginx/modules/ngx_http_echo_module.so") +
+                       glob.glob("/usr/lib*/nginx/modules/ngx_http_echo_module.so")), None)
+    if module is None:
+        raise RuntimeError("nginx's echo module is missing (apt-get install "
+                           "libnginx-mod-http-echo; scripts/setup-deps installs it)")
+    os.makedirs(os.path.join(a.dir, "api-tmp"), exist_ok=True)
+    conf = fill("api.conf.in", {
+        "@ECHO_MODULE@": module, "@USER@": "user root;" if os.geteuid() == 0 else "",
+        "@DIR@": a.dir, "@API_PORT@": str(a.api), "@ANSWER@": API_ANSWER},
+        os.path.join(a.dir, "api.conf"))
+    p = start_nginx(procs, a, "api-nginx", conf)
+    procs.wait_accepting("api-nginx", p, "127.0.0.1:%d" % a.api)
+    return p
+
+
+def api_url(a, phase):
+    return "http://127.0.0.1:%d/%s/api/v103" % (a.api, "instant" if phase == "fast" else "slow")
+
+
+def find_php_fpm():
+    for cand in sorted(glob.glob("/usr/sbin/php-fpm*"), reverse=True):
+        if os.access(cand, os.X_OK):
+            return cand
+    return shutil.which("php-fpm")
+
+
+def start_php(procs, a, phase):
+    """php-fpm with one pool (PHP_POOL) on a.php_addr, its API URL for phase. Returns Popen."""
+    fpm = find_php_fpm()
+    if fpm is None:
+        raise RuntimeError("php-fpm is not installed (scripts/setup-deps installs php-fpm)")
+    port = a.php_addr.rsplit(":", 1)[1]
+    lines = ["[global]", "pid = %s/php-fpm.pid" % a.dir,
+             "error_log = %s/php-fpm-error.log" % a.dir, "daemonize = no", "",
+             "[bench]", "listen = 127.0.0.1:%s" % port, "listen.backlog = 4096"]
+    if os.geteuid() == 0:
+        lines += ["user = nobody", "group = nogroup"]
+    lines += ["%s = %s" % kv for kv in PHP_POOL.items()]
+    lines += ["env[LEADPRO_URL] = %s" % api_url(a, phase), "env[LEADPRO_API_KEY] = bench-key",
+              "php_admin_value[error_log] = %s/php-error.log" % a.dir]
+    conf = os.path.join(a.dir, "php-fpm.conf")
+    with open(conf, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    argv = [fpm, "-F", "-y", conf]
+    if os.geteuid() == 0:
+        argv.append("-R")
+    p = procs.spawn("php-fpm", argv, env=harness.base_env())
+    procs.wait_accepting("php-fpm", p, a.php_addr)
+    return p
+
+
+def php_workers(master):
+    """PIDs of php-fpm's worker processes."""
+    try:
+        with open("/proc/%d/task/%d/children" % (master, master)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def bridge_env(a, phase):
+    spool = os.path.join(a.dir, "spool-%s-%d" % (phase, time.monotonic_ns()))
+    os.makedirs(spool, exist_ok=True)
+    return harness.base_env(LEADBRIDGE_SECRET="bench-secret-0123456789abcdef0123456789",
+                            LEADBRIDGE_SPOOL=spool, LEADPRO_URL=api_url(a, phase),
+                            LEADPRO_API_KEY="bench-key")
+
+
+def start_bridge(procs, a, phase):
+    """BRIDGE_PROCESSES bridges on a.bridge_addr (spawn-fcgi -F). Returns their PIDs."""
+    host, port = a.bridge_addr.rsplit(":", 1)
+    log = os.path.join(a.dir, "bridge-%s.log" % phase)
+    with open(log, "ab") as f:
+        subprocess.run(["spawn-fcgi", "-a", host, "-p", port, "-F", str(BRIDGE_PROCESSES),
+                        "--"] + bridge_argv(a, phase),
+                       stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=bridge_env(a, phase),
+                       cwd=a.dir, timeout=30, start_new_session=True)
+    with open(log, errors="replace") as f:
+        out = f.read()
+    pids = [int(x) for x in re.findall(r"PID: (\d+)", out)][-BRIDGE_PROCESSES:]
+    procs.orphans.extend(pids)
+    if len(pids) != BRIDGE_PROCESSES:
+        raise RuntimeError("spawn-fcgi started %d of %d bridges:\n%s"
+                           % (len(pids), BRIDGE_PROCESSES, out))
+    procs.wait_accepting("bridges", None, a.bridge_addr)
+    return pids
+
+
+def http_post(port, path, body, timeout=30.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded",
+                              "Accept": "application/json", "Origin": "http://127.0.0.1"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def check_answer(a, path, want):
+    """One post before measuring: the endpoint must answer 200 with want in its body."""
+    body = SAMPLE_BODY.replace("ada.check", "ada.check%d" % time.monotonic_ns())
+    st, out = http_post(a.web, path, body)
+    if st != 200 or want not in out:
+        raise RuntimeError("%s answered %d %r" % (path, st, out[:300]))
+
+
+def run_wrk(a, path, conns, seconds, tag):
+    """wrk -t2 -cCONNS with post.lua; returns {'rps', 'p50', 'p99', 'requests', 'non2xx',
+    'errors' (connect, read, write), 'timeouts' (no answer within WRK_TIMEOUT)}."""
+    argv = ["wrk", "-t%d" % WRK_THREADS, "-c%d" % conns, "-d%ds" % seconds, "--latency",
+            "--timeout", WRK_TIMEOUT, "-s", os.path.join(HERE, "post.lua"),
+            "http://127.0.0.1:%d%s" % (a.web, path)]
+    env = harness.base_env(BENCH_TAG="%d-%s" % (os.getpid(), tag))
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                         timeout=seconds + 60, universal_newlines=True).stdout
     r = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "requests": 0, "non2xx": 0,
-         "errors": 0, "raw": out}
+         "errors": 0, "timeouts": 0, "raw": out}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if m:
         r["rps"] = float(m.group(1))
@@ -250,280 +374,173 @@ def run_wrk(url, seconds, script=None):
         r["non2xx"] = int(m.group(1))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
-        r["errors"] = sum(int(x) for x in m.groups())
+        r["errors"] = sum(int(x) for x in m.groups()[:3])
+        r["timeouts"] = int(m.group(4))
     return r
 
 
-def bridge_env(d, standin_port):
-    env = dict(os.environ)
-    env.update({
-        "LEADBRIDGE_SECRET": "bench-secret-0123456789abcdef0123456789",
-        "LEADBRIDGE_SPOOL": os.path.join(d, "spool"),
-        "LEADPRO_URL": "http://127.0.0.1:%d/leadpro/api/v103" % standin_port,
-        "LEADPRO_API_KEY": "test-leadpro-key",
-    })
-    os.makedirs(env["LEADBRIDGE_SPOOL"], exist_ok=True)
-    return env
+class Sampler:
+    """Samples the RSS of pids() every 0.2 s while a run lasts; keeps each process's peak."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.peak = {}
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            for pid in self.pids():
+                m = mem(pid)
+                if m:
+                    old = self.peak.get(pid, {"rss": 0, "threads": 0})
+                    self.peak[pid] = {"rss": max(old["rss"], m.get("rss", 0)),
+                                      "threads": max(old["threads"], m.get("threads", 0))}
+            self.stop_ev.wait(0.2)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.t.join(timeout=5)
 
 
-# ---- 1 + 2: throughput, latency, memory -----------------------------------------------------
+# ---- phase 1: 16 connections, instant API ---------------------------------------------------
 
-def throughput(a, procs, d, results):
-    threads = a.threads
-    web, bare_port, bridge_port = harness.free_port(), harness.free_port(), harness.free_port()
-    bare_addr, bridge_addr = "127.0.0.1:%d" % bare_port, "127.0.0.1:%d" % bridge_port
-    env = bridge_env(d, a.standin_port)
-    bare = procs.spawn("bare", [a.bare, "-s", bare_addr, "-t", str(threads)])
-    procs.wait_accepting("bare", bare, bare_addr)
-    bridge = procs.spawn("bridge", [a.bin, "-c", a.config, "-s", bridge_addr,
-                                    "-t", str(threads)], env=env)
-    procs.wait_accepting("bridge", bridge, bridge_addr)
-    time.sleep(0.5)
-    idle = mem(bridge.pid)
-    bare_idle = mem(bare.pid)
-    nginx = start_nginx(procs, d, web, bare_addr, bridge_addr, a.nginx_workers)
-    with open(os.path.join(d, "www", "static.json"), "w") as f:
-        f.write('{"ok":true,"status":"static"}\n')
-
-    # Each endpoint must answer 200 with what we expect before it is measured.
-    st, body = http_get(web, "/static.json")
-    if st != 200 or b"static" not in body:
-        raise RuntimeError("static file: %d %r" % (st, body[:200]))
-    st, body = http_post(web, "/bare", BODY)
-    if st != 200 or b"bare" not in body:
-        raise RuntimeError("bare FastCGI: %d %r" % (st, body[:200]))
-    st, body = http_post(web, "/lead/echo", BODY)
-    if st != 200 or json.loads(body.decode()).get("lead", {}).get("first_name") != "Marla":
-        raise RuntimeError("leadbridge echo: %d %r" % (st, body[:300]))
-
-    script = os.path.join(HERE, "post.lua")
-    base = "http://127.0.0.1:%d" % web
-    runs = (("nginx static", base + "/static.json", None),
-            ("bare fastcgi", base + "/bare", script),
-            ("leadbridge echo", base + "/lead/echo", script))
-    # Rounds interleave the three so that a noisy neighbour hurts all alike; the best round of
-    # each counts (the machine's load is printed with the figures).
+def phase_fast(a, procs, results):
+    bare = procs.spawn("bare", [a.bare, "-s", a.bare_addr, "-t", str(BRIDGE_THREADS["fast"])])
+    procs.wait_accepting("bare", bare, a.bare_addr)
+    php = start_php(procs, a, "fast")
+    pids = start_bridge(procs, a, "fast")
+    nginx = start_front(procs, a)
+    time.sleep(0.3)
+    results["bridge_idle"] = {pid: mem(pid) for pid in pids}
+    check_answer(a, "/bare", b"bare")
+    check_answer(a, "/php", b"Success")
+    check_answer(a, "/lead/echo", b"Lovelace")
+    check_answer(a, "/lead/valuation", b"created")
+    runs = (("bare libfcgi", "/bare"), ("PHP, no durability", "/php"),
+            ("leadbridge echo", "/lead/echo"), ("leadbridge valuation", "/lead/valuation"))
+    # Rounds interleave the four so that a noisy neighbour hurts all alike; the best counts.
     for rnd in range(a.rounds):
-        for name, url, sc in runs:
-            run_wrk(url, 1, sc)                 # warm-up, not counted
-            r = run_wrk(url, a.duration, sc)
+        for name, path in runs:
+            run_wrk(a, path, FAST_CONNS, 1, "warm-%d-%s" % (rnd, path.strip("/")))
+            r = run_wrk(a, path, FAST_CONNS, a.duration, "%d-%s" % (rnd, path.strip("/")))
             if r["requests"] == 0:
                 raise RuntimeError("wrk measured nothing for %s:\n%s" % (name, r["raw"]))
-            r["all"] = results["wrk"].get(name, {}).get("all", []) + [r["rps"]]
-            if r["rps"] >= results["wrk"].get(name, {}).get("rps", -1):
-                results["wrk"][name] = r
+            best = results["fast"].get(name)
+            r["all"] = (best["all"] if best else []) + [r["rps"]]
+            if best is None or r["rps"] >= best["rps"]:
+                results["fast"][name] = r
             else:
-                results["wrk"][name]["all"] = r["all"]
-    results["mem"]["bridge"] = {"idle": idle, "after": mem(bridge.pid)}
-    results["mem"]["bare"] = {"idle": bare_idle, "after": mem(bare.pid)}
-    log = os.path.join(d, "bridge.log")
-    results["bridge_log_bytes"] = os.path.getsize(log) if os.path.exists(log) else 0
+                best["all"] = r["all"]
+    results["bridge_after"] = {pid: mem(pid) for pid in pids}
     procs.stop(nginx)
-    procs.stop(bridge)
+    procs.stop_pids(pids)
+    procs.stop(php)
     procs.stop(bare)
-    results["bridge_rc"] = bridge.returncode
 
 
-# ---- 3: slow API ----------------------------------------------------------------------------
+# ---- phase 2: a 250 ms API, 256 and 1,024 clients --------------------------------------------
 
-def standin_control(port, path, obj):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", path, body=json.dumps(obj),
-                     headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        r.read()
-        return r.status
-    finally:
-        conn.close()
-
-
-def start_bridges(a, procs, d, nproc, threads, env):
-    """Starts the bridge: its own socket (nproc 1) or spawn-fcgi -F nproc. Returns (addr, pids)."""
-    port = harness.free_port()
-    addr = "127.0.0.1:%d" % port
-    if nproc == 1:
-        p = procs.spawn("bridge-slow", [a.bin, "-c", a.config, "-s", addr, "-t", str(threads)],
-                        env=env)
-        procs.wait_accepting("bridge-slow", p, addr)
-        return addr, [p.pid], p
-    # The children inherit spawn-fcgi's stderr: the log file gets their request lines too.
-    log = os.path.join(d, "bridge-spawn-fcgi.log")
-    with open(log, "ab") as f:
-        subprocess.run(["spawn-fcgi", "-a", "127.0.0.1", "-p", str(port), "-F", str(nproc),
-                        "--", a.bin, "-c", a.config, "-t", str(threads)],
-                       stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env, cwd=d, timeout=30,
-                       start_new_session=True)
-    with open(log, errors="replace") as f:
-        out = f.read()
-    pids = [int(x) for x in re.findall(r"PID: (\d+)", out)]
-    pids = pids[-nproc:]
-    procs.orphans.extend(pids)
-    if len(pids) != nproc:
-        raise RuntimeError("spawn-fcgi started %d of %d processes:\n%s" % (len(pids), nproc, out))
-    procs.wait_accepting("spawn-fcgi bridges", None, addr)
-    return addr, pids, None
-
-
-def slow_clients(web, n, timeout, tag):
-    """n threads POST distinct leads at once (emails unique per tag: the bridge answers a repeated
-    submission from its outbox without calling the API). Returns (done_ok, statuses, wall s,
-    latencies)."""
-    barrier = threading.Barrier(n + 1)
-    res = [None] * n
-
-    def one(i):
-        body = BODY.replace("marla%40example.com", "bench%d.%s%%40example.com" % (i, tag))
-        barrier.wait(timeout=30)
-        t0 = time.monotonic()
-        try:
-            st, b = http_post(web, "/lead/create", body, timeout=timeout)
-            ok = st == 200 and json.loads(b.decode()).get("status") == "created"
-            res[i] = (st, ok, time.monotonic() - t0)
-        except Exception as e:   # a timeout or a reset is a figure too
-            res[i] = (type(e).__name__, False, time.monotonic() - t0)
-
-    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
-    for t in ts:
-        t.start()
-    barrier.wait(timeout=30)
-    t0 = time.monotonic()
-    for t in ts:
-        t.join(timeout=max(0.1, timeout + 5 - (time.monotonic() - t0)))
-    wall = time.monotonic() - t0
-    statuses = {}
-    for r in res:
-        key = str(r[0]) if r is not None else "unfinished"
-        statuses[key] = statuses.get(key, 0) + 1
-    done = [r for r in res if r is not None and r[1]]
-    return len(done), statuses, wall, sorted(r[2] for r in done)
-
-
-def standin_lead_count(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/_control/leads?api=leadpro")
-        r = conn.getresponse()
-        return len(json.loads(r.read().decode()).get("leads", []))
-    finally:
-        conn.close()
-
-
-def slow_api(a, procs, d, results):
-    setups = [(2, 32, (64, 200))]
-    if not a.quick:
-        setups = [(1, 64, (64, 200)), (2, 32, (64, 200)), (2, 100, (200,))]
-    for k, (nproc, threads, clients) in enumerate(setups):
-        env = bridge_env(os.path.join(d, "setup%d" % k), a.standin_port)
-        addr, pids, popen = start_bridges(a, procs, d, nproc, threads, env)
-        web = harness.free_port()
-        nginx = start_nginx(procs, d, web, "127.0.0.1:1", addr, a.nginx_workers)
-        time.sleep(0.5)
-        idle = {pid: mem(pid) for pid in pids}
-        for n in clients:
-            if standin_control(a.standin_port, "/_control/reset", {}) != 200 or \
-               standin_control(a.standin_port, "/_control/mode",
-                               {"api": "leadpro", "mode": "slow", "delay": SLOW_DELAY}) != 200:
-                raise RuntimeError("the stand-in refused the slow mode")
-            peak = {pid: {"rss": 0, "anon": 0, "threads": 0} for pid in pids}
-            stop = threading.Event()
-
-            def sample():
-                while not stop.is_set():
-                    for pid in pids:
-                        m = mem(pid)
-                        if m:
-                            peak[pid]["rss"] = max(peak[pid]["rss"], m.get("rss", 0))
-                            peak[pid]["anon"] = max(peak[pid]["anon"], m.get("anon", 0))
-                            peak[pid]["threads"] = max(peak[pid]["threads"], m.get("threads", 0))
-                    stop.wait(0.05)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            bound = SLOW_DELAY * (n // (nproc * threads) + 2) + 20
-            done, statuses, wall, lat = slow_clients(web, n, bound,
-                                                     "%d.%d.%d" % (os.getpid(), k, n))
-            received = standin_lead_count(a.standin_port)
-            stop.set()
-            sampler.join(timeout=5)
-            after = {pid: mem(pid) for pid in pids}
-            results["slow"].append({
-                "nproc": nproc, "threads": threads, "clients": n, "done": done,
-                "received": received,
-                "statuses": statuses, "wall": wall,
-                "p50": lat[len(lat) // 2] if lat else float("nan"),
-                "max": lat[-1] if lat else float("nan"),
-                "idle": idle, "peak": peak, "after": after})
-        standin_control(a.standin_port, "/_control/reset", {})
-        procs.stop(nginx)
-        if popen is not None:
-            procs.stop(popen)
-        else:
-            procs.stop_pids(pids)
+def phase_slow(a, procs, results):
+    for who in ("leadbridge valuation", "PHP, no durability"):
+        for clients in SLOW_CLIENTS:
+            # A fresh set-up per run: what queued behind one run must not slow the next.
+            if who.startswith("leadbridge"):
+                bpids = start_bridge(procs, a, "slow")
+                pids, path, stop = (lambda: bpids), "/lead/valuation", None
+            else:
+                php = start_php(procs, a, "slow")
+                pids, path, stop = (lambda: php_workers(php.pid)), "/php", php
+            nginx = start_front(procs, a)
+            time.sleep(0.3)
+            with Sampler(pids) as s:
+                r = run_wrk(a, path, clients, a.slow_duration, "slow-%s-%d" % (path[1:4], clients))
+            r["rss"] = s.peak
+            results["slow"].append(dict(r, who=who, clients=clients))
+            procs.stop(nginx)
+            if stop is None:
+                procs.stop_pids(bpids)
+            else:
+                procs.stop(stop)
 
 
 # ---- the report -----------------------------------------------------------------------------
 
+def fmt_ms(v):
+    return ("%.0f ms" % v) if v >= 100 else ("%.1f ms" % v)
+
+
+def goal(ok):
+    return "met" if ok else "NOT met"
+
+
 def report(a, results):
     print()
-    say("%s; wrk %d threads, %d connections, %d s per run, best of %d; nginx %d worker(s); "
-        "%d FastCGI threads for both responders (TCP); %d CPUs, load average %s at start"
-        % ("quick run" if a.quick else "full run", WRK_THREADS, WRK_CONNS, a.duration, a.rounds,
-           a.nginx_workers, a.threads, os.cpu_count() or 0, a.load))
-    w = results["wrk"]
-    bare_rps = w.get("bare fastcgi", {}).get("rps", 0)
-    for name in ("nginx static", "bare fastcgi", "leadbridge echo"):
-        r = w.get(name)
+    say("%s on %d CPUs (load average %s at start); wrk %d threads, bodies unique per request; "
+        "nginx %d worker(s); LeadPro stand-in: its own nginx"
+        % ("quick run" if a.quick else "full run", os.cpu_count() or 0, a.load, WRK_THREADS,
+           a.nginx_workers))
+    say("bridge: %d processes (spawn-fcgi -F %d), %s; PHP: php-fpm %s"
+        % (BRIDGE_PROCESSES, BRIDGE_PROCESSES,
+           ", ".join("-t %d (%s)" % (t, "16 conns" if k == "fast" else "250 ms API")
+                     for k, t in BRIDGE_THREADS.items()),
+           ", ".join("%s=%s" % kv for kv in PHP_POOL.items())))
+    f = results["fast"]
+    say("-- %d connections, instant API, %d s per run, best of %d:"
+        % (FAST_CONNS, a.duration, a.rounds))
+    for name in ("bare libfcgi", "PHP, no durability", "leadbridge echo", "leadbridge valuation"):
+        r = f.get(name)
         if r is None:
             continue
-        extra = ""
-        if name == "leadbridge echo" and bare_rps > 0:
-            extra = " (%.0f%% of bare)" % (100.0 * r["rps"] / bare_rps)
-        bad = ""
-        if r["non2xx"] or r["errors"]:
-            bad = "  [non-2xx %d, socket errors %d]" % (r["non2xx"], r["errors"])
-        rounds = ""
-        if len(r.get("all", [])) > 1:
-            rounds = "  [rounds: %s]" % ", ".join("%.0f" % x for x in r["all"])
-        say("%-20s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms%s%s%s"
-            % (name, r["rps"], r["p50"], r["p99"], extra, bad, rounds))
-    for key, label in (("bridge", "bridge RSS"), ("bare", "bare fastcgi RSS")):
-        m = results["mem"].get(key)
-        if not (m and m["idle"] and m["after"]):
+        bad = ("  [non-2xx %d, socket errors %d, timeouts %d]"
+               % (r["non2xx"], r["errors"], r["timeouts"])
+               if r["non2xx"] or r["errors"] or r["timeouts"] else "")
+        rounds = ("  [rounds: %s]" % ", ".join("%.0f" % x for x in r["all"])
+                  if len(r.get("all", [])) > 1 else "")
+        say("%-22s %8.0f req/s  p50 %8s  p99 %8s%s%s"
+            % (name, r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]), bad, rounds))
+    for pid, m in sorted((results.get("bridge_after") or {}).items()):
+        i = (results.get("bridge_idle") or {}).get(pid)
+        if m and i:
+            say("%-22s pid %d: RSS idle %s, after the runs %s (HWM %s)"
+                % ("bridge memory", pid, mib(i["rss"]), mib(m["rss"]), mib(m["hwm"])))
+    say("-- API answering in %d ms, %d s per run:" % (API_DELAY * 1000, a.slow_duration))
+    for r in results["slow"]:
+        rss = ", ".join("%s" % mib(v["rss"]) for _, v in sorted(r["rss"].items())) or "?"
+        say("%-22s %5d clients %6.0f req/s  p50 %8s  p99 %8s  non-2xx %d, socket errors %d, "
+            "timeouts (> %s) %d;  RSS per process while waiting: %s"
+            % (r["who"], r["clients"], r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+               r["non2xx"], r["errors"], WRK_TIMEOUT, r["timeouts"], rss))
+    say("-- issue 9's goals:")
+    dur, php = f.get("leadbridge valuation"), f.get("PHP, no durability")
+    if dur and php and php["rps"] > 0:
+        x = dur["rps"] / php["rps"]
+        say("durable/PHP = %.2fx at %d connections (goal >= 1.5x): %s"
+            % (x, FAST_CONNS, goal(x >= 1.5)))
+        say("durable p99 = %s at %d connections (goal < 10 ms): %s"
+            % (fmt_ms(dur["p99"]), FAST_CONNS, goal(dur["p99"] < 10)))
+    for r in results["slow"]:
+        if not r["who"].startswith("leadbridge"):
             continue
-        i, f = m["idle"], m["after"]
-        say("%-20s idle %s, after load %s (HWM %s), %d threads"
-            % (label, mib(i["rss"]), mib(f["rss"]), mib(f["hwm"]), f["threads"]))
-        say("%-20s   own (RssAnon) idle %s, after load %s; shared libraries (RssFile) %s"
-            % ("", mib(i.get("anon", 0)), mib(f.get("anon", 0)), mib(f.get("file", 0))))
-    if results.get("bridge_log_bytes"):
-        say("%-20s %.1f MiB of request log lines (stderr) during the echo runs"
-            % ("bridge log", results["bridge_log_bytes"] / 1048576.0))
-    for s in results["slow"]:
-        setup = ("1 process -t %d" % s["threads"] if s["nproc"] == 1 else
-                 "spawn-fcgi -F %d, -t %d each" % (s["nproc"], s["threads"]))
-        per = "; ".join("pid %d: idle %s (own %s), peak %s (own %s, %d threads), HWM %s"
-                        % (pid, mib(s["idle"][pid]["rss"]) if s["idle"].get(pid) else "?",
-                           mib(s["idle"][pid].get("anon", 0)) if s["idle"].get(pid) else "?",
-                           mib(s["peak"][pid]["rss"]), mib(s["peak"][pid]["anon"]),
-                           s["peak"][pid]["threads"],
-                           mib(s["after"][pid]["hwm"]) if s["after"].get(pid) else "?")
-                        for pid in sorted(s["peak"]))
-        other = {k: v for k, v in s["statuses"].items() if k != "200"}
-        say("slow API (%d s), %s, %3d clients: %d done (created; API got %d) in %.1f s "
-            "(p50 %.1f s, max %.1f s)%s"
-            % (SLOW_DELAY, setup, s["clients"], s["done"], s["received"], s["wall"], s["p50"],
-               s["max"],
-               (", other: %s" % other) if other else ""))
-        say("    RSS %s" % per)
-    inflight = [s for s in results["slow"] if s["clients"] > s["nproc"] * s["threads"]]
-    if inflight:
-        say("note: thread-per-request: at most processes x threads requests wait on the API at "
-            "once; the rest queue in the listen backlog (leadbridge -s: 128; spawn-fcgi: 1024) "
-            "and in nginx, and finish in waves of %d s" % SLOW_DELAY)
-    if results.get("bridge_rc") not in (0, None):
-        say("note: the bridge exited with status %r on SIGTERM (expected 0)"
-            % results["bridge_rc"])
+        bound = r["clients"] / API_DELAY     # every client waiting on the API all the time
+        share = 100.0 * r["rps"] / bound
+        peak = max((v["rss"] for v in r["rss"].values()), default=0)
+        if r["clients"] == 256:
+            say("250 ms API, 256 clients: %.0f req/s = %.0f%% of the %d req/s bound (goal >= 95%%): "
+                "%s; p50 %s (goal < 300 ms): %s"
+                % (r["rps"], share, bound, goal(share >= 95), fmt_ms(r["p50"]),
+                   goal(r["p50"] < 300)))
+        else:
+            errors = r["non2xx"] + r["errors"] + r["timeouts"]
+            say("250 ms API, %d clients: %.0f req/s = %.0f%% of the %d req/s bound (goal >= 75%%): "
+                "%s; peak RSS %s per process (goal <= 48 MB): %s; %d error answers, socket "
+                "errors or timeouts (goal 0): %s"
+                % (r["clients"], r["rps"], share, bound, goal(share >= 75), mib(peak),
+                   goal(peak <= 48 * 1024), errors, goal(errors == 0)))
 
 
 def main():
@@ -531,13 +548,14 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--bare", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=None, help="wrk rounds (best counts)")
-    ap.add_argument("--threads", type=int, default=8, help="FastCGI threads (throughput part)")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per 16-connection run")
+    ap.add_argument("--slow-duration", type=int, default=None, help="seconds per 250 ms run")
+    ap.add_argument("--rounds", type=int, default=None, help="16-connection rounds (best counts)")
     ap.add_argument("--nginx-workers", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     a = ap.parse_args()
-    a.duration = a.duration or (3 if a.quick else 10)
+    a.duration = a.duration or (3 if a.quick else 8)
+    a.slow_duration = a.slow_duration or (4 if a.quick else 10)
     a.rounds = a.rounds or (1 if a.quick else 2)
     try:
         with open("/proc/loadavg") as f:
@@ -550,23 +568,31 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    d = tempfile.mkdtemp(prefix="leadbridge-bench-")
-    procs = Procs(d)
-    results = {"wrk": {}, "mem": {}, "slow": []}
+    a.dir = tempfile.mkdtemp(prefix="leadbridge-bench-")
+    os.chmod(a.dir, 0o755)      # php-fpm's workers (nobody) read nothing here, nginx's do
+    procs = Procs(a.dir)
+    results = {"fast": {}, "slow": []}
     rc = 0
     if not become_subreaper():
         say("note: could not become a subreaper; spawn-fcgi children are stopped by PID only")
+    t0 = time.monotonic()
     try:
-        a.standin_port = harness.free_port()
-        st = procs.spawn("standin", [sys.executable, os.path.join(SRC, "tests", "standin",
-                                                                  "leadapi.py"),
-                                     "--host", "127.0.0.1", "--port", str(a.standin_port)],
-                         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-        procs.wait_accepting("standin", st, "127.0.0.1:%d" % a.standin_port)
-        say("1-2/3 throughput, latency and memory (%d s per run) ..." % a.duration)
-        throughput(a, procs, d, results)
-        say("3/3 slow API concurrency ...")
-        slow_api(a, procs, d, results)
+        a.web, a.api = harness.free_port(), harness.free_port()
+        a.bare_addr = "127.0.0.1:%d" % harness.free_port()
+        a.php_addr = "127.0.0.1:%d" % harness.free_port()
+        a.bridge_addr = "127.0.0.1:%d" % harness.free_port()
+        # php-fpm's workers run as nobody when we are root: they read their copy of the script.
+        a.php_script = os.path.join(a.dir, "www", "valuation.php")
+        os.makedirs(os.path.dirname(a.php_script), exist_ok=True)
+        shutil.copyfile(os.path.join(HERE, "valuation.php"), a.php_script)
+        os.chmod(a.php_script, 0o644)
+        start_api(procs, a)
+        say("1/2 %d connections, instant API (%d s per run, %d rounds) ..."
+            % (FAST_CONNS, a.duration, a.rounds))
+        phase_fast(a, procs, results)
+        say("2/2 API answering in %d ms, %s clients (%d s per run) ..."
+            % (API_DELAY * 1000, " and ".join(str(c) for c in SLOW_CLIENTS), a.slow_duration))
+        phase_slow(a, procs, results)
     except KeyboardInterrupt:
         say("interrupted")
         rc = 130
@@ -576,10 +602,11 @@ def main():
     finally:
         procs.stop_all()
         if a.keep or rc not in (0, 130):
-            say("logs kept in %s" % d)
+            say("logs kept in %s" % a.dir)
         else:
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(a.dir, ignore_errors=True)
     report(a, results)
+    say("bench took %.0f s" % (time.monotonic() - t0))
     return rc
 
 
