@@ -704,6 +704,11 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
             job = NULL;
         }
     }
+    /* Delivered at once below: a crash during that makes the retry ask the API first. */
+    if (job != NULL && outbox_job_mark_started(job) != LB_OK) {
+        json_decref(job);
+        job = NULL;
+    }
     e = job != NULL ? outbox_put(ob, job, &err) : LB_ERR_NOMEM;
     json_decref(job);
     if (e != LB_OK) {

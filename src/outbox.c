@@ -1,46 +1,32 @@
 /*
- * outbox.c: the durable outbox (see outbox.h for the spool layout and the job format).
+ * outbox.c: the store-neutral front of the durable outbox (see outbox.h for the job format and
+ * outbox_store.h for what a store provides).
  *
- * Three rules keep a lead from being lost or sent twice:
- * - A file appears in queue/, done/, dead/ or keys/ only whole: it is written in tmp/, fsynced and
- *   then renamed (replace) or hard-linked (must not replace), and the directory is fsynced.
- * - A job moves between queue/, done/ and dead/ only by one rename(2), so it is never in two
- *   places. Before a move its new content is first written over the queue file.
- * - A worker delivers a job only while it holds flock(LOCK_EX) on the job's current file. A
- *   rewrite locks the new file before renaming it into place, so the claim moves with it; a
- *   claimer that opened the old file sees the inode change and tries again.
+ * Here live the rules that do not depend on where jobs are kept: building jobs, recording each
+ * delivery's outcome, the retry schedule with jitter and Retry-After, where a finished job goes
+ * (done, dead or back in the queue), the delivery pass, and the operator commands. The store
+ * keeps the jobs, their claims and the duplicate keys.
  *
- * Each file's mtime carries a time on the outbox's clock (the `now` the caller passes): a queued
- * job's next_attempt, a done or dead record's finish time, a key's expiry. Scans then need only
- * stat(2); the JSON stays authoritative and is checked after claiming.
+ * No duplicate after a crash: before an attempt the job's target is marked "started" (durably);
+ * recording the outcome brings "attempts" level with it. A target found with started > attempts
+ * was being delivered when its worker died, so its outcome is unknown, and the deliver function
+ * is told (outbox_attempt_unknown) to check whether the API has the lead before creating it.
  */
 #include "outbox.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "buf.h"
 #include "config.h"
 #include "crypto.h"
-
-#define OUTBOX_PATH_MAX 4096
-#define OUTBOX_CLAIM_TRIES 8        /* inode changes tolerated while claiming */
-#define OUTBOX_KEY_TRIES 8          /* expired keys replaced while reserving */
-#define OUTBOX_KEY_HEX (2 * SHA256_DIGEST_SIZE)
-#define OUTBOX_KEY_GRACE 60         /* seconds a key may point to a job not yet put */
+#include "outbox_store.h"
 
 struct outbox {
-    char *dir;
+    const struct outbox_store_ops *ops;
+    struct outbox_store *st;
     struct outbox_conf conf;
     outbox_dead_fn dead_hook;
     void *dead_ctx;
@@ -48,27 +34,20 @@ struct outbox {
 
 struct outbox_claim {
     struct outbox *ob;
-    int fd;                 /* holds the flock on the job's current file */
+    struct outbox_hold *hold;
     char id[OUTBOX_ID_SIZE];
     json_t *job;            /* owned */
     bool transient;         /* a transient failure was recorded */
     long long retry_after;  /* largest retry_after recorded, or -1 */
 };
 
-/* Sorting record for a pass over the queue. */
-struct outbox_due {
-    char id[OUTBOX_ID_SIZE];
-    long long created;
-};
-
 static const char *const outbox_state_names[OUTBOX_STATE__MAX] = {
     [OUTBOX_QUEUED] = "queued",
     [OUTBOX_DONE] = "done",
     [OUTBOX_DEAD] = "dead",
+    [OUTBOX_ASIDE] = "aside",
     [OUTBOX_UNKNOWN] = "unknown",
 };
-
-static const char *const outbox_subdirs[] = {"tmp", "queue", "done", "dead", "keys"};
 
 static const long long outbox_default_schedule[] = {5, 60, 300, 1800, 7200, 18000, 36000};
 
@@ -203,259 +182,6 @@ enum lb_err outbox_new_id(char out[OUTBOX_ID_SIZE])
     return LB_OK;
 }
 
-/*
- * Whether name is <32 hex><suffix>; copies the id into id when it is. Directory entries are
- * checked with this before anything else is done with them.
- */
-static bool outbox_name_id(const char *name, const char *suffix, char id[OUTBOX_ID_SIZE])
-{
-    if (strlen(name) < OUTBOX_ID_LEN || strcmp(name + OUTBOX_ID_LEN, suffix) != 0)
-        return false;
-    memcpy(id, name, OUTBOX_ID_LEN);
-    id[OUTBOX_ID_LEN] = '\0';
-    return outbox_id_valid(id);
-}
-
-/* Writes dir/sub[/name[suffix]] into out. Returns LB_OK or LB_ERR_INTERNAL when it does not fit. */
-static enum lb_err outbox_path(const struct outbox *ob, char *out, size_t size, const char *sub,
-                               const char *name, const char *suffix)
-{
-    int n;
-
-    if (name == NULL)
-        n = snprintf(out, size, "%s/%s", ob->dir, sub);
-    else
-        n = snprintf(out, size, "%s/%s/%s%s", ob->dir, sub, name, suffix ? suffix : "");
-    if (n < 0 || (size_t)n >= size)
-        return LB_ERR_INTERNAL;
-    return LB_OK;
-}
-
-/* fsyncs a directory so that renames and links in it are durable. */
-static enum lb_err outbox_sync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    enum lb_err e = LB_OK;
-
-    if (fd < 0)
-        return LB_ERR_IO;
-    if (fsync(fd) != 0 && errno != EINVAL)
-        e = LB_ERR_IO;
-    if (close(fd) != 0)
-        e = LB_ERR_IO;
-    return e;
-}
-
-static enum lb_err outbox_sync_sub(const struct outbox *ob, const char *sub)
-{
-    char p[OUTBOX_PATH_MAX];
-
-    if (outbox_path(ob, p, sizeof(p), sub, NULL, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    return outbox_sync_dir(p);
-}
-
-/* flock that retries on EINTR. Returns 0 or -1 with errno. */
-static int outbox_flock(int fd, int op)
-{
-    int r;
-
-    do {
-        r = flock(fd, op);
-    } while (r != 0 && errno == EINTR);
-    return r;
-}
-
-/* Reads all of fd from its start into b (capped at OUTBOX_FILE_MAX). */
-static enum lb_err outbox_read_fd(int fd, struct buf *b)
-{
-    char chunk[8192];
-    enum lb_err e;
-
-    if (lseek(fd, 0, SEEK_SET) < 0)
-        return LB_ERR_IO;
-    for (;;) {
-        ssize_t n = read(fd, chunk, sizeof(chunk));
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return LB_ERR_IO;
-        }
-        if (n == 0)
-            break;
-        e = buf_append(b, chunk, (size_t)n);
-        if (e != LB_OK)
-            return e;
-    }
-    return LB_OK;
-}
-
-/*
- * Parses JSON from b (which may be empty). Returns a new reference or NULL with the reason in why.
- */
-static json_t *outbox_parse(const struct buf *b, char *why, size_t why_size)
-{
-    json_error_t jerr;
-    json_t *j;
-
-    if (b->len == 0) {
-        snprintf(why, why_size, "empty file");
-        return NULL;
-    }
-    j = json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL)
-        snprintf(why, why_size, "not JSON: %s at line %d column %d", jerr.text, jerr.line,
-                 jerr.column);
-    return j;
-}
-
-/*
- * Reads and parses path. Returns a new reference, or NULL with *e set: LB_ERR_NOT_FOUND when the
- * file does not exist, LB_ERR_GONE when it is unreadable JSON (why says how), LB_ERR_TOO_LARGE,
- * LB_ERR_IO.
- */
-static json_t *outbox_load_path(const char *path, enum lb_err *e, char *why, size_t why_size)
-{
-    struct buf b;
-    json_t *j = NULL;
-    int fd;
-
-    buf_init(&b, OUTBOX_FILE_MAX);
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        *e = errno == ENOENT ? LB_ERR_NOT_FOUND : LB_ERR_IO;
-        goto out;
-    }
-    *e = outbox_read_fd(fd, &b);
-    if (close(fd) != 0 && *e == LB_OK)
-        *e = LB_ERR_IO;
-    if (*e != LB_OK)
-        goto out;
-    j = outbox_parse(&b, why, why_size);
-    if (j == NULL)
-        *e = LB_ERR_GONE;
-out:
-    buf_free(&b);
-    return j;
-}
-
-/* Writes all of data to fd. */
-static enum lb_err outbox_write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return LB_ERR_IO;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
-    return LB_OK;
-}
-
-enum outbox_place { OUTBOX_REPLACE, OUTBOX_NOREPLACE };
-
-/*
- * Durably writes data as sub/name: tmp/<hint>.<pid>.<random> → write → set mtime → fsync →
- * rename (OUTBOX_REPLACE) or link (OUTBOX_NOREPLACE: LB_ERR_CONFLICT when sub/name exists) →
- * fsync sub. With locked_fd the new file is flock'ed before it becomes visible and its fd returned
- * in *locked_fd (caller closes). On any error no file is left behind in tmp/.
- */
-static enum lb_err outbox_write_file(const struct outbox *ob, const char *sub, const char *name,
-                                     const char *hint, const char *data, size_t len,
-                                     enum outbox_place place, long long mtime, int *locked_fd)
-{
-    char tmp[OUTBOX_PATH_MAX], dest[OUTBOX_PATH_MAX], suffix[64];
-    struct timespec times[2];
-    uint8_t rnd[8];
-    char rhex[2 * sizeof(rnd) + 1];
-    enum lb_err e;
-    int fd = -1, n;
-
-    if (len > OUTBOX_FILE_MAX)
-        return LB_ERR_TOO_LARGE;
-    if (crypto_random(rnd, sizeof(rnd)) != 0)
-        return LB_ERR_INTERNAL;
-    hex_encode(rnd, sizeof(rnd), rhex);
-    n = snprintf(suffix, sizeof(suffix), ".%ld.%s", (long)getpid(), rhex);
-    if (n < 0 || (size_t)n >= sizeof(suffix))
-        return LB_ERR_INTERNAL;
-    e = outbox_path(ob, tmp, sizeof(tmp), "tmp", hint, suffix);
-    if (e == LB_OK)
-        e = outbox_path(ob, dest, sizeof(dest), sub, name, NULL);
-    if (e != LB_OK)
-        return e;
-
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return LB_ERR_IO;
-    e = outbox_write_all(fd, data, len);
-    if (e != LB_OK)
-        goto fail;
-    times[0].tv_sec = (time_t)mtime;
-    times[0].tv_nsec = 0;
-    times[1] = times[0];
-    if (futimens(fd, times) != 0 || fsync(fd) != 0) {
-        e = LB_ERR_IO;
-        goto fail;
-    }
-    if (locked_fd != NULL && outbox_flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        e = LB_ERR_IO;
-        goto fail;
-    }
-    if (place == OUTBOX_REPLACE) {
-        if (rename(tmp, dest) != 0) {
-            e = LB_ERR_IO;
-            goto fail;
-        }
-    } else {
-        if (link(tmp, dest) != 0) {
-            e = errno == EEXIST ? LB_ERR_CONFLICT : LB_ERR_IO;
-            goto fail;
-        }
-        (void)unlink(tmp);
-    }
-    e = outbox_sync_sub(ob, sub);
-    if (e != LB_OK)
-        goto placed;
-    if (locked_fd != NULL)
-        *locked_fd = fd;
-    else if (close(fd) != 0)
-        return LB_ERR_IO;
-    return LB_OK;
-
-fail:
-    (void)unlink(tmp);
-placed:
-    (void)close(fd);
-    return e;
-}
-
-/* Serialises j compactly. Returns a new string (caller frees) or NULL. */
-static char *outbox_dump(const json_t *j)
-{
-    return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-}
-
-/* Dumps j and writes it with outbox_write_file. */
-static enum lb_err outbox_write_json(const struct outbox *ob, const char *sub, const char *name,
-                                     const char *hint, const json_t *j, enum outbox_place place,
-                                     long long mtime, int *locked_fd)
-{
-    char *s = outbox_dump(j);
-    enum lb_err e;
-
-    if (s == NULL)
-        return LB_ERR_NOMEM;
-    e = outbox_write_file(ob, sub, name, hint, s, strlen(s), place, mtime, locked_fd);
-    free(s);
-    return e;
-}
-
 /* Integer member or dflt. */
 static long long outbox_int(const json_t *obj, const char *key, long long dflt)
 {
@@ -486,7 +212,7 @@ static const char *outbox_target_status(const json_t *entry)
  * integer "created", "attempts" and "next_attempt", and a non-empty "targets" object whose members
  * are objects with a known "status". why gets the first problem.
  */
-static bool outbox_job_check(const json_t *job, const char *id, char *why, size_t why_size)
+bool outbox_job_check(const json_t *job, const char *id, char *why, size_t why_size)
 {
     const char *jid, *name, *st;
     json_t *targets, *entry;
@@ -525,107 +251,59 @@ static bool outbox_job_check(const json_t *job, const char *id, char *why, size_
 
 /* ---- open and close ---- */
 
-/*
- * Removes tmp/ files older than conf.tmp_max_age on the wall clock: they are crash garbage. The
- * age is the ctime, since the mtime of a file being written is set to a time on the outbox's clock.
- */
-static void outbox_clean_tmp(const struct outbox *ob)
+struct outbox *outbox_from_store(const struct outbox_store_ops *ops, struct outbox_store *st,
+                                 const struct outbox_conf *conf, struct lb_error *err)
 {
-    char p[OUTBOX_PATH_MAX];
-    struct dirent *de;
-    struct stat st;
-    time_t limit = time(NULL) - (time_t)ob->conf.tmp_max_age;
-    DIR *d;
+    struct outbox *ob;
 
-    if (outbox_path(ob, p, sizeof(p), "tmp", NULL, NULL) != LB_OK)
-        return;
-    d = opendir(p);
-    if (d == NULL)
-        return;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-            continue;
-        if (S_ISREG(st.st_mode) && st.st_ctime < limit)
-            (void)unlinkat(dirfd(d), de->d_name, 0);
-    }
-    (void)closedir(d);
-}
-
-/* Creates path as a 0700 directory unless it exists as one. */
-static enum lb_err outbox_mkdir(const char *path, struct lb_error *err)
-{
-    struct stat st;
-
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        return lb_fail(err, LB_ERR_IO, "cannot create spool directory %s: %s", path,
-                       strerror(errno));
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return lb_fail(err, LB_ERR_IO, "spool path %s is not a directory", path);
-    return LB_OK;
-}
-
-struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, struct lb_error *err)
-{
-    struct outbox *ob = NULL;
-    char p[OUTBOX_PATH_MAX];
-    size_t i;
-
-    if (dir == NULL || dir[0] == '\0') {
-        lb_fail(err, LB_ERR_CONFIG, "no spool directory configured");
+    if (st == NULL)
         return NULL;
-    }
-    if (strlen(dir) > OUTBOX_PATH_MAX - 128) {
-        lb_fail(err, LB_ERR_CONFIG, "spool directory path is too long");
-        return NULL;
-    }
     ob = calloc(1, sizeof(*ob));
-    if (ob == NULL)
-        goto nomem;
-    ob->dir = strdup(dir);
-    if (ob->dir == NULL)
-        goto nomem;
+    if (ob == NULL) {
+        ops->close(st);
+        lb_fail(err, LB_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    ob->ops = ops;
+    ob->st = st;
     if (conf != NULL)
         ob->conf = *conf;
     else
         outbox_conf_default(&ob->conf);
     if (ob->conf.n_schedule == 0 || ob->conf.n_schedule > OUTBOX_SCHEDULE_MAX) {
         lb_fail(err, LB_ERR_CONFIG, "outbox retry schedule is empty");
-        goto fail;
+        outbox_close(ob);
+        return NULL;
     }
-    if (outbox_mkdir(dir, err) != LB_OK)
-        goto fail;
-    for (i = 0; i < sizeof(outbox_subdirs) / sizeof(outbox_subdirs[0]); i++) {
-        if (outbox_path(ob, p, sizeof(p), outbox_subdirs[i], NULL, NULL) != LB_OK ||
-            outbox_mkdir(p, err) != LB_OK)
-            goto fail;
-    }
-    if (outbox_sync_dir(dir) != LB_OK) {
-        lb_fail(err, LB_ERR_IO, "cannot sync spool directory %s", dir);
-        goto fail;
-    }
-    outbox_clean_tmp(ob);
     return ob;
+}
 
-nomem:
-    lb_fail(err, LB_ERR_NOMEM, "out of memory");
-fail:
-    outbox_close(ob);
-    return NULL;
+struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, struct lb_error *err)
+{
+    const struct outbox_store_ops *ops = NULL;
+    struct outbox_store *st;
+
+    st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
+    return st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
 }
 
 void outbox_close(struct outbox *ob)
 {
     if (ob == NULL)
         return;
-    free(ob->dir);
+    ob->ops->close(ob->st);
     free(ob);
 }
 
-const char *outbox_dir(const struct outbox *ob)
+const char *outbox_store_name(const struct outbox *ob)
 {
-    return ob->dir;
+    return ob->ops->name;
+}
+
+void outbox_set_dead_hook(struct outbox *ob, outbox_dead_fn fn, void *ctx)
+{
+    ob->dead_hook = fn;
+    ob->dead_ctx = ctx;
 }
 
 /* ---- building and putting jobs ---- */
@@ -665,21 +343,28 @@ nomem:
     return LB_ERR_NOMEM;
 }
 
-/* Whether sub/<id><suffix> exists. */
-static bool outbox_exists(const struct outbox *ob, const char *sub, const char *id,
-                          const char *suffix)
+enum lb_err outbox_job_mark_started(json_t *job)
 {
-    char p[OUTBOX_PATH_MAX];
-    struct stat st;
+    const char *name, *st;
+    json_t *entry;
 
-    if (outbox_path(ob, p, sizeof(p), sub, id, suffix) != LB_OK)
-        return false;
-    return lstat(p, &st) == 0;
+    json_object_foreach(json_object_get(job, "targets"), name, entry) {
+        st = outbox_target_status(entry);
+        if ((st == NULL || strcmp(st, "pending") == 0) &&
+            outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK)
+            return LB_ERR_NOMEM;
+    }
+    return LB_OK;
+}
+
+bool outbox_attempt_unknown(const json_t *entry)
+{
+    return json_is_true(json_object_get(entry, "check_existing"));
 }
 
 enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *err)
 {
-    char name[OUTBOX_ID_SIZE + 8], why[160];
+    char why[160];
     const char *id, *tname;
     json_t *copy = NULL, *targets, *entry;
     long long created;
@@ -715,19 +400,7 @@ enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *er
         e = lb_fail(err, LB_ERR_BAD_REQUEST, "bad job: %s", why);
         goto out;
     }
-    if (outbox_exists(ob, "done", id, ".json") || outbox_exists(ob, "dead", id, ".json")) {
-        e = lb_fail(err, LB_ERR_CONFLICT, "job %s exists already", id);
-        goto out;
-    }
-    snprintf(name, sizeof(name), "%s.json", id);
-    errno = 0;
-    e = outbox_write_json(ob, "queue", name, id, copy, OUTBOX_NOREPLACE,
-                          outbox_int(copy, "next_attempt", created), NULL);
-    if (e == LB_ERR_CONFLICT)
-        lb_fail(err, e, "job %s exists already", id);
-    else if (e != LB_OK)
-        lb_fail(err, e, "cannot write job %s to the spool %s: %s", id, ob->dir,
-                errno != 0 ? strerror(errno) : lb_strerror(e));
+    e = ob->ops->put(ob->st, id, copy, outbox_int(copy, "next_attempt", created), err);
 out:
     json_decref(copy);
     return e;
@@ -735,118 +408,51 @@ out:
 
 /* ---- claims ---- */
 
-/*
- * Moves an unreadable queue file (whose lock the caller holds) to dead/<id>.corrupt, after writing
- * dead/<id>.json saying why. Returns LB_ERR_GONE when done.
- */
-static enum lb_err outbox_quarantine(struct outbox *ob, const char *id, const char *why)
+/* Tells the dead-letter hook about a job the store found unreadable and set aside as dead. */
+static void outbox_notify_corrupt(struct outbox *ob, const char *id, const char *why)
 {
-    char from[OUTBOX_PATH_MAX], to[OUTBOX_PATH_MAX], name[OUTBOX_ID_SIZE + 8];
-    long long now = (long long)time(NULL);
-    json_t *rec;
-    enum lb_err e;
-
-    rec = json_pack("{s:s, s:s, s:b, s:I, s:I, s:i, s:I, s:{}}", "id", id, "dead_reason", why,
-                    "corrupt", 1, "created", (json_int_t)now, "finished", (json_int_t)now,
-                    "attempts", 0, "next_attempt", (json_int_t)now, "targets");
-    if (rec == NULL)
-        return LB_ERR_NOMEM;
-    snprintf(name, sizeof(name), "%s.json", id);
-    e = outbox_write_json(ob, "dead", name, id, rec, OUTBOX_REPLACE, now, NULL);
-    json_decref(rec);
-    if (e != LB_OK)
-        return e;
-    if (outbox_path(ob, from, sizeof(from), "queue", id, ".json") != LB_OK ||
-        outbox_path(ob, to, sizeof(to), "dead", id, ".corrupt") != LB_OK)
-        return LB_ERR_INTERNAL;
-    if (rename(from, to) != 0)
-        return LB_ERR_IO;
-    if (outbox_sync_sub(ob, "dead") != LB_OK || outbox_sync_sub(ob, "queue") != LB_OK)
-        return LB_ERR_IO;
     if (ob->dead_hook != NULL)
         ob->dead_hook(ob->dead_ctx, id, NULL, NULL, why);
-    return LB_ERR_GONE;
 }
 
-enum lb_err outbox_claim(struct outbox *ob, const char *id, struct outbox_claim **out)
+/* Claims id in one of the states in mask; LB_ERR_GONE (corrupt) is told to the dead hook. */
+static enum lb_err outbox_claim_in(struct outbox *ob, const char *id, unsigned mask,
+                                   struct outbox_claim **out, enum outbox_state *state)
 {
-    char path[OUTBOX_PATH_MAX], why[200];
-    struct outbox_claim *c = NULL;
-    struct stat fst, pst;
-    struct buf b;
+    struct lb_error err = {LB_OK, ""};
+    struct outbox_claim *c;
+    struct outbox_hold *h = NULL;
     json_t *job = NULL;
-    enum lb_err e = LB_ERR_CONFLICT;
-    int fd = -1, tries;
+    enum lb_err e;
 
     *out = NULL;
-    buf_init(&b, OUTBOX_FILE_MAX);
     if (!outbox_id_valid(id))
         return LB_ERR_NOT_FOUND;
-    if (outbox_path(ob, path, sizeof(path), "queue", id, ".json") != LB_OK)
-        return LB_ERR_INTERNAL;
-    for (tries = 0; tries < OUTBOX_CLAIM_TRIES; tries++) {
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) {
-            e = errno == ENOENT ? LB_ERR_NOT_FOUND : LB_ERR_IO;
-            goto out;
-        }
-        if (outbox_flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            e = errno == EWOULDBLOCK ? LB_ERR_CONFLICT : LB_ERR_IO;
-            goto out;
-        }
-        /* The holder may have replaced or moved the file between our open and our lock. */
-        if (fstat(fd, &fst) != 0) {
-            e = LB_ERR_IO;
-            goto out;
-        }
-        if (stat(path, &pst) != 0) {
-            e = errno == ENOENT ? LB_ERR_NOT_FOUND : LB_ERR_IO;
-            goto out;
-        }
-        if (fst.st_ino == pst.st_ino && fst.st_dev == pst.st_dev)
-            break;
-        (void)close(fd);
-        fd = -1;
-        e = LB_ERR_CONFLICT;
-    }
-    if (fd < 0)
-        goto out;
-
-    e = outbox_read_fd(fd, &b);
-    if (e == LB_ERR_TOO_LARGE) {
-        e = outbox_quarantine(ob, id, "job file is larger than 1 MiB");
-        goto out;
-    }
+    e = ob->ops->claim(ob->st, id, mask, &h, &job, state, &err);
+    if (e == LB_ERR_GONE)
+        outbox_notify_corrupt(ob, id, err.message);
     if (e != LB_OK)
-        goto out;
-    job = outbox_parse(&b, why, sizeof(why));
-    if (job == NULL || !outbox_job_check(job, id, why, sizeof(why))) {
-        char reason[260];
-
-        snprintf(reason, sizeof(reason), "corrupt job file: %s", why);
-        e = outbox_quarantine(ob, id, reason);
-        goto out;
-    }
+        return e;
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        e = LB_ERR_NOMEM;
-        goto out;
+        ob->ops->release(ob->st, h);
+        json_decref(job);
+        return LB_ERR_NOMEM;
     }
     c->ob = ob;
-    c->fd = fd;
+    c->hold = h;
     memcpy(c->id, id, OUTBOX_ID_SIZE);
     c->job = job;
     c->retry_after = -1;
     *out = c;
-    fd = -1;
-    job = NULL;
-    e = LB_OK;
-out:
-    if (fd >= 0)
-        (void)close(fd);
-    json_decref(job);
-    buf_free(&b);
-    return e;
+    return LB_OK;
+}
+
+enum lb_err outbox_claim(struct outbox *ob, const char *id, struct outbox_claim **out)
+{
+    enum outbox_state state;
+
+    return outbox_claim_in(ob, id, OUTBOX_IN(OUTBOX_QUEUED), out, &state);
 }
 
 const json_t *outbox_claim_job(const struct outbox_claim *c)
@@ -863,8 +469,7 @@ void outbox_release(struct outbox_claim *c)
 {
     if (c == NULL)
         return;
-    if (c->fd >= 0)
-        (void)close(c->fd);
+    c->ob->ops->release(c->ob->st, c->hold);
     json_decref(c->job);
     free(c);
 }
@@ -932,25 +537,22 @@ enum lb_err outbox_claim_set_response(struct outbox_claim *c, const json_t *resp
     return LB_OK;
 }
 
-/* Rewrites the claimed job in queue/ with the given mtime; the claim moves to the new file. */
-static enum lb_err outbox_save_mtime(struct outbox_claim *c, long long mtime)
-{
-    char name[OUTBOX_ID_SIZE + 8];
-    int fd = -1;
-    enum lb_err e;
-
-    snprintf(name, sizeof(name), "%s.json", c->id);
-    e = outbox_write_json(c->ob, "queue", name, c->id, c->job, OUTBOX_REPLACE, mtime, &fd);
-    if (e != LB_OK)
-        return e;
-    (void)close(c->fd);
-    c->fd = fd;
-    return LB_OK;
-}
-
 enum lb_err outbox_save(struct outbox_claim *c)
 {
-    return outbox_save_mtime(c, outbox_int(c->job, "next_attempt", 0));
+    return c->ob->ops->write(c->ob->st, c->hold, c->job, OUTBOX_QUEUED,
+                             outbox_int(c->job, "next_attempt", 0), false);
+}
+
+enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target)
+{
+    json_t *entry = json_object_get(json_object_get(c->job, "targets"), target);
+
+    if (!json_is_object(entry))
+        return LB_ERR_NOT_FOUND;
+    if (outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK)
+        return LB_ERR_NOMEM;
+    return c->ob->ops->write(c->ob->st, c->hold, c->job, OUTBOX_QUEUED,
+                             outbox_int(c->job, "next_attempt", 0), true);
 }
 
 /* Multiplies delay by 1 ± up to jitter, at least 1 second. */
@@ -1032,22 +634,6 @@ static void outbox_reason(const json_t *job, const char *status, char *out, size
         }
     }
     snprintf(out, size, "failed");
-}
-
-/* Renames queue/<id>.json to sub/<id>.json and makes both directories durable. */
-static enum lb_err outbox_move(struct outbox *ob, const char *id, const char *from_sub,
-                               const char *to_sub)
-{
-    char from[OUTBOX_PATH_MAX], to[OUTBOX_PATH_MAX];
-
-    if (outbox_path(ob, from, sizeof(from), from_sub, id, ".json") != LB_OK ||
-        outbox_path(ob, to, sizeof(to), to_sub, id, ".json") != LB_OK)
-        return LB_ERR_INTERNAL;
-    if (rename(from, to) != 0)
-        return errno == ENOENT ? LB_ERR_NOT_FOUND : LB_ERR_IO;
-    if (outbox_sync_sub(ob, to_sub) != LB_OK || outbox_sync_sub(ob, from_sub) != LB_OK)
-        return LB_ERR_IO;
-    return LB_OK;
 }
 
 /* Marks every pending target of job dead. */
@@ -1147,8 +733,6 @@ enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_sta
             e = outbox_set_str(c->job, "dead_reason", reason);
         if (e == LB_OK)
             e = outbox_set_int(c->job, "finished", now);
-        if (e == LB_OK)
-            e = outbox_save_mtime(c, now);
     } else {
         rec = outbox_done_record(c->job, now);
         if (rec == NULL) {
@@ -1157,10 +741,10 @@ enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_sta
         }
         json_decref(c->job);
         c->job = rec;
-        e = outbox_save_mtime(c, now);
     }
+    /* Not waited for: a crash loses at most this filing, and the job is then found as it was. */
     if (e == LB_OK)
-        e = outbox_move(c->ob, c->id, "queue", where == OUTBOX_DONE ? "done" : "dead");
+        e = c->ob->ops->write(c->ob->st, c->hold, c->job, where, now, false);
     if (e == LB_OK && where == OUTBOX_DEAD && c->ob->dead_hook != NULL)
         outbox_notify_dead(c->ob, c->id, c->job);
 out:
@@ -1218,8 +802,20 @@ static void outbox_deliver_job(struct outbox_claim *c, long long now, outbox_del
         st = outbox_target_status(entry);
         if (st == NULL || strcmp(st, "pending") != 0)
             continue;
+        /* Marked started (durably) before the call: a crash during it leaves started >
+         * attempts, and the next attempt asks the API whether it has the lead. */
+        {
+            bool unknown = outbox_int(entry, "started", 0) > outbox_int(entry, "attempts", 0);
+
+            if (outbox_begin_attempt(c, names[i]) != LB_OK)
+                continue;
+            entry = json_object_get(targets, names[i]);
+            if (unknown)
+                (void)json_object_set_new(entry, "check_existing", json_true());
+        }
         target_result_init(&r);
         deliver(ctx, c->job, names[i], entry, &r);
+        (void)json_object_del(entry, "check_existing");
         if (outbox_record(c, names[i], &r, now) == LB_OK && r.outcome == DELIVERY_OK) {
             s->delivered++;
             if (outbox_other_pending(c->job, names[i]))
@@ -1244,91 +840,6 @@ out:
     free(names);
 }
 
-static int outbox_due_cmp(const void *a, const void *b)
-{
-    const struct outbox_due *x = a, *y = b;
-
-    if (x->created != y->created)
-        return x->created < y->created ? -1 : 1;
-    return strcmp(x->id, y->id);
-}
-
-/*
- * Lists queued jobs. With due non-NULL, collects those whose file mtime (next_attempt) is <= now
- * into a new array *due (*n_due entries; caller frees), reading each one's "created" for the
- * order (0 when unreadable, so broken files are dealt with first). *next_due gets the earliest
- * mtime > now, or -1.
- */
-static enum lb_err outbox_scan_queue(struct outbox *ob, long long now, struct outbox_due **due,
-                                     size_t *n_due, long long *next_due)
-{
-    char p[OUTBOX_PATH_MAX], id[OUTBOX_ID_SIZE], why[200];
-    struct outbox_due *list = NULL, *grown;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    struct stat st;
-    enum lb_err e = LB_OK;
-    DIR *d;
-
-    *next_due = -1;
-    if (due != NULL) {
-        *due = NULL;
-        *n_due = 0;
-    }
-    if (outbox_path(ob, p, sizeof(p), "queue", NULL, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    d = opendir(p);
-    if (d == NULL)
-        return LB_ERR_IO;
-    while ((de = readdir(d)) != NULL) {
-        if (!outbox_name_id(de->d_name, ".json", id))
-            continue;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-            continue;
-        if ((long long)st.st_mtime > now || due == NULL) {
-            if (*next_due < 0 || (long long)st.st_mtime < *next_due)
-                *next_due = (long long)st.st_mtime;
-            continue;
-        }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            grown = realloc(list, cap * sizeof(*list));
-            if (grown == NULL) {
-                e = LB_ERR_NOMEM;
-                break;
-            }
-            list = grown;
-        }
-        memcpy(list[n].id, id, OUTBOX_ID_SIZE);
-        list[n].created = 0;
-        {
-            char path[OUTBOX_PATH_MAX];
-            enum lb_err le;
-            json_t *j = NULL;
-
-            if (outbox_path(ob, path, sizeof(path), "queue", id, ".json") == LB_OK)
-                j = outbox_load_path(path, &le, why, sizeof(why));
-            list[n].created = outbox_int(j, "created", 0);
-            json_decref(j);
-        }
-        n++;
-    }
-    (void)closedir(d);
-    if (e != LB_OK) {
-        free(list);
-        return e;
-    }
-    if (due != NULL) {
-        if (n > 1)
-            qsort(list, n, sizeof(*list), outbox_due_cmp);
-        *due = list;
-        *n_due = n;
-    } else {
-        free(list);
-    }
-    return LB_OK;
-}
-
 enum lb_err outbox_run(struct outbox *ob, long long now, outbox_deliver_fn deliver, void *ctx,
                        size_t limit, struct outbox_run_stats *stats)
 {
@@ -1341,7 +852,7 @@ enum lb_err outbox_run(struct outbox *ob, long long now, outbox_deliver_fn deliv
     memset(&s, 0, sizeof(s));
     s.next_due = -1;
     (void)outbox_expire(ob, now);
-    e = outbox_scan_queue(ob, now, &due, &n_due, &next_due);
+    e = ob->ops->due(ob->st, now, 0, &due, &n_due, &next_due);
     if (e != LB_OK)
         goto out;
     for (i = 0; i < n_due && (limit == 0 || handled < limit); i++) {
@@ -1366,8 +877,11 @@ enum lb_err outbox_run(struct outbox *ob, long long now, outbox_deliver_fn deliv
         handled++;
         outbox_deliver_job(c, now, deliver, ctx, &s);
     }
-    e = outbox_scan_queue(ob, now, NULL, NULL, &next_due);
-    s.next_due = next_due;
+    free(due);
+    due = NULL;
+    (void)ob->ops->flush(ob->st);
+    e = ob->ops->due(ob->st, now, 1, &due, &n_due, &next_due);
+    s.next_due = n_due > 0 ? now : next_due;
 out:
     free(due);
     if (stats != NULL)
@@ -1377,203 +891,35 @@ out:
 
 /* ---- duplicate keys ---- */
 
-static json_t *outbox_find(struct outbox *ob, const char *id, enum outbox_state *state);
-
-/* The key's file name: sha256 hex of key + ".json". */
-static void outbox_key_name(const char *key, char name[OUTBOX_KEY_HEX + 8])
-{
-    uint8_t h[SHA256_DIGEST_SIZE];
-
-    sha256(key, strlen(key), h);
-    hex_encode(h, sizeof(h), name);
-    memcpy(name + OUTBOX_KEY_HEX, ".json", 6);
-}
-
-/* Takes the keys/ lock (held only while expired or released keys are removed). Returns its fd. */
-static int outbox_keys_lock(struct outbox *ob)
-{
-    char p[OUTBOX_PATH_MAX];
-    int fd;
-
-    if (outbox_path(ob, p, sizeof(p), "keys", ".lock", NULL) != LB_OK)
-        return -1;
-    fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -1;
-    if (outbox_flock(fd, LOCK_EX) != 0) {
-        (void)close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/*
- * Removes keys/<name> if it is expired at now (or unreadable), or, with job_id, if it maps to
- * job_id. Runs under the keys/ lock so that a fresh key is never removed by mistake: a key is only
- * ever created where none exists, and only removed under the lock after this check.
- */
-static enum lb_err outbox_key_remove(struct outbox *ob, const char *name, long long now,
-                                     const char *job_id)
-{
-    char p[OUTBOX_PATH_MAX], why[200];
-    enum lb_err e = LB_OK, le;
-    json_t *k;
-    bool remove;
-    int lock;
-
-    if (outbox_path(ob, p, sizeof(p), "keys", name, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    lock = outbox_keys_lock(ob);
-    if (lock < 0)
-        return LB_ERR_IO;
-    k = outbox_load_path(p, &le, why, sizeof(why));
-    if (le == LB_ERR_NOT_FOUND)
-        goto out;
-    if (job_id != NULL) {
-        const char *jid = json_string_value(json_object_get(k, "job"));
-
-        remove = jid != NULL && strcmp(jid, job_id) == 0;
-    } else
-        remove = k == NULL || !json_is_integer(json_object_get(k, "expires")) ||
-                 outbox_int(k, "expires", 0) <= now;
-    if (remove) {
-        if (unlink(p) != 0 && errno != ENOENT)
-            e = LB_ERR_IO;
-        else
-            e = outbox_sync_sub(ob, "keys");
-    }
-out:
-    json_decref(k);
-    (void)close(lock);
-    return e;
-}
-
 enum lb_err outbox_reserve_key(struct outbox *ob, const char *key, const char *body_hash,
                                const char *job_id, long long now, bool *duplicate,
                                char existing_id[OUTBOX_ID_SIZE])
 {
-    char name[OUTBOX_KEY_HEX + 8], p[OUTBOX_PATH_MAX], why[200];
     bool fp;
-    json_t *rec = NULL, *k = NULL;
-    enum lb_err e = LB_ERR_IO;
-    int tries;
 
     *duplicate = false;
     existing_id[0] = '\0';
     if (key == NULL || !outbox_id_valid(job_id))
         return LB_ERR_BAD_REQUEST;
     fp = strncmp(key, "fp:", 3) == 0;
-    outbox_key_name(key, name);
-    if (outbox_path(ob, p, sizeof(p), "keys", name, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    rec = json_pack("{s:s, s:s?, s:I, s:I}", "job", job_id, "body", body_hash, "created",
-                    (json_int_t)now, "expires",
-                    (json_int_t)(now + (fp ? ob->conf.duplicate_window
-                                           : ob->conf.done_retention)));
-    if (rec == NULL)
-        return LB_ERR_NOMEM;
-    for (tries = 0; tries < OUTBOX_KEY_TRIES; tries++) {
-        const char *jid, *body;
-
-        e = outbox_write_json(ob, "keys", name, job_id, rec, OUTBOX_NOREPLACE,
-                              outbox_int(rec, "expires", now), NULL);
-        if (e != LB_ERR_CONFLICT)
-            goto out;
-        /* Taken: a key file is complete the moment it exists (it was linked in whole). */
-        json_decref(k);
-        k = outbox_load_path(p, &e, why, sizeof(why));
-        if (e == LB_ERR_NOT_FOUND)
-            continue;
-        if (e != LB_OK && e != LB_ERR_GONE)
-            goto out;
-        jid = json_string_value(json_object_get(k, "job"));
-        if (k == NULL || !outbox_id_valid(jid) || outbox_int(k, "expires", 0) <= now) {
-            e = outbox_key_remove(ob, name, now, NULL);
-            if (e != LB_OK)
-                goto out;
-            continue;
-        }
-        if (now - outbox_int(k, "created", now) >= OUTBOX_KEY_GRACE) {
-            enum outbox_state where;
-            json_t *job = outbox_find(ob, jid, &where);
-
-            json_decref(job);
-            if (where == OUTBOX_UNKNOWN) {
-                /* Its job was never accepted (a crash between reserve and put) or was purged. */
-                e = outbox_key_remove(ob, name, now, jid);
-                if (e != LB_OK)
-                    goto out;
-                continue;
-            }
-        }
-        memcpy(existing_id, jid, OUTBOX_ID_SIZE);
-        body = json_string_value(json_object_get(k, "body"));
-        if (body_hash != NULL && body != NULL && strcmp(body, body_hash) != 0) {
-            e = LB_ERR_CONFLICT;
-            goto out;
-        }
-        *duplicate = true;
-        e = LB_OK;
-        goto out;
-    }
-    e = LB_ERR_UNAVAILABLE;
-out:
-    json_decref(k);
-    json_decref(rec);
-    return e;
+    return ob->ops->reserve_key(ob->st, key, body_hash, job_id, now,
+                                now + (fp ? ob->conf.duplicate_window : ob->conf.done_retention),
+                                duplicate, existing_id);
 }
 
 enum lb_err outbox_release_key(struct outbox *ob, const char *key, const char *job_id)
 {
-    char name[OUTBOX_KEY_HEX + 8];
-
     if (key == NULL || !outbox_id_valid(job_id))
         return LB_ERR_BAD_REQUEST;
-    outbox_key_name(key, name);
-    return outbox_key_remove(ob, name, 0, job_id);
+    return ob->ops->release_key(ob->st, key, job_id);
 }
 
 /* ---- responses, operator functions ---- */
 
-/*
- * Loads job id from queue/, done/ or dead/ (looking at queue/ again last, in case it moved).
- * Returns a new reference or NULL; *state tells where it was found.
- */
-static json_t *outbox_find(struct outbox *ob, const char *id, enum outbox_state *state)
-{
-    static const struct {
-        const char *sub;
-        enum outbox_state state;
-    } places[] = {
-        {"queue", OUTBOX_QUEUED},
-        {"done", OUTBOX_DONE},
-        {"dead", OUTBOX_DEAD},
-        {"queue", OUTBOX_QUEUED},
-    };
-    char p[OUTBOX_PATH_MAX], why[200];
-    enum lb_err e;
-    size_t i;
-    json_t *j;
-
-    *state = OUTBOX_UNKNOWN;
-    if (!outbox_id_valid(id))
-        return NULL;
-    for (i = 0; i < sizeof(places) / sizeof(places[0]); i++) {
-        if (outbox_path(ob, p, sizeof(p), places[i].sub, id, ".json") != LB_OK)
-            return NULL;
-        j = outbox_load_path(p, &e, why, sizeof(why));
-        if (e != LB_ERR_NOT_FOUND) {
-            *state = places[i].state;
-            return j;
-        }
-    }
-    return NULL;
-}
-
 json_t *outbox_load_response(struct outbox *ob, const char *id, enum outbox_state *state)
 {
     enum outbox_state where;
-    json_t *job = outbox_find(ob, id, &where);
+    json_t *job = ob->ops->load(ob->st, id, &where);
     json_t *r = json_object_get(job, "response");
 
     if (state != NULL)
@@ -1586,47 +932,27 @@ json_t *outbox_load_response(struct outbox *ob, const char *id, enum outbox_stat
 
 enum lb_err outbox_store_response(struct outbox *ob, const char *id, const json_t *response)
 {
-    char p[OUTBOX_PATH_MAX], name[OUTBOX_ID_SIZE + 8], why[200];
-    const char *subs[] = {"done", "dead"};
+    const unsigned any = OUTBOX_IN(OUTBOX_QUEUED) | OUTBOX_IN(OUTBOX_DONE) |
+                         OUTBOX_IN(OUTBOX_DEAD);
     struct outbox_claim *c = NULL;
-    struct stat st;
+    enum outbox_state state;
     enum lb_err e;
-    size_t i;
-    json_t *j;
 
     if (!outbox_id_valid(id) || response == NULL)
         return LB_ERR_BAD_REQUEST;
-    e = outbox_claim(ob, id, &c);
-    if (e == LB_OK) {
+    e = outbox_claim_in(ob, id, any, &c, &state);
+    if (e != LB_OK)
+        return e;
+    if (json_object_get(c->job, "response") == NULL) {
         e = outbox_claim_set_response(c, response);
         if (e == LB_OK)
-            e = outbox_save(c);
-        outbox_release(c);
-        return e;
+            e = ob->ops->write(ob->st, c->hold, c->job, state,
+                               outbox_int(c->job, state == OUTBOX_QUEUED ? "next_attempt"
+                                                                         : "finished", 0),
+                               false);
     }
-    if (e != LB_ERR_NOT_FOUND)
-        return e;
-    snprintf(name, sizeof(name), "%s.json", id);
-    for (i = 0; i < 2; i++) {
-        if (outbox_path(ob, p, sizeof(p), subs[i], id, ".json") != LB_OK)
-            return LB_ERR_INTERNAL;
-        j = outbox_load_path(p, &e, why, sizeof(why));
-        if (e == LB_ERR_NOT_FOUND)
-            continue;
-        if (j == NULL)
-            return e;
-        if (json_object_get(j, "response") == NULL) {
-            if (json_object_set_new(j, "response", json_deep_copy(response)) != 0 ||
-                stat(p, &st) != 0)
-                e = LB_ERR_IO;
-            else
-                e = outbox_write_json(ob, subs[i], name, id, j, OUTBOX_REPLACE,
-                                      (long long)st.st_mtime, NULL);
-        }
-        json_decref(j);
-        return e;
-    }
-    return LB_ERR_NOT_FOUND;
+    outbox_release(c);
+    return e;
 }
 
 /* A summary of a job or record for listings: no lead data. Returns a new reference or NULL. */
@@ -1677,64 +1003,21 @@ fail:
     return NULL;
 }
 
-/*
- * Calls fn for each <id>.json in sub (in directory order). Stops at the first error fn returns.
- */
-static enum lb_err outbox_each(struct outbox *ob, const char *sub,
-                               enum lb_err (*fn)(struct outbox *ob, const char *sub,
-                                                 const char *id, void *arg),
-                               void *arg)
-{
-    char p[OUTBOX_PATH_MAX], id[OUTBOX_ID_SIZE];
-    char (*ids)[OUTBOX_ID_SIZE] = NULL, (*grown)[OUTBOX_ID_SIZE];
-    size_t n = 0, cap = 0, i;
-    struct dirent *de;
-    enum lb_err e = LB_OK;
-    DIR *d;
+struct outbox_list_ctx {
+    json_t *arr;
+};
 
-    if (outbox_path(ob, p, sizeof(p), sub, NULL, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    d = opendir(p);
-    if (d == NULL)
-        return LB_ERR_IO;
-    /* Names first, then work: fn may rename or remove files in sub. */
-    while ((de = readdir(d)) != NULL) {
-        if (!outbox_name_id(de->d_name, ".json", id))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            grown = realloc(ids, cap * sizeof(*ids));
-            if (grown == NULL) {
-                e = LB_ERR_NOMEM;
-                break;
-            }
-            ids = grown;
-        }
-        memcpy(ids[n++], id, OUTBOX_ID_SIZE);
+static enum lb_err outbox_list_one(void *arg, const char *id, enum outbox_state state,
+                                   const json_t *job)
+{
+    json_t *s;
+
+    if (state == OUTBOX_ASIDE) {
+        s = json_pack("{s:s, s:s, s:s, s:{}}", "id", id, "state", "aside", "error",
+                      "not a regular file; moved aside, never opened", "targets");
+    } else {
+        s = outbox_summary(job, id, state);
     }
-    (void)closedir(d);
-    for (i = 0; e == LB_OK && i < n; i++)
-        e = fn(ob, sub, ids[i], arg);
-    free(ids);
-    return e;
-}
-
-static enum lb_err outbox_list_one(struct outbox *ob, const char *sub, const char *id, void *arg)
-{
-    char p[OUTBOX_PATH_MAX], why[200];
-    enum outbox_state state = strcmp(sub, "queue") == 0  ? OUTBOX_QUEUED
-                              : strcmp(sub, "done") == 0 ? OUTBOX_DONE
-                                                         : OUTBOX_DEAD;
-    enum lb_err e;
-    json_t *j, *s;
-
-    if (outbox_path(ob, p, sizeof(p), sub, id, ".json") != LB_OK)
-        return LB_ERR_INTERNAL;
-    j = outbox_load_path(p, &e, why, sizeof(why));
-    if (e == LB_ERR_NOT_FOUND)
-        return LB_OK;
-    s = outbox_summary(j, id, state);
-    json_decref(j);
     if (s == NULL || json_array_append_new(arg, s) != 0)
         return LB_ERR_NOMEM;
     return LB_OK;
@@ -1753,14 +1036,15 @@ static int outbox_created_cmp(const void *a, const void *b)
 
 json_t *outbox_list(struct outbox *ob)
 {
+    static const enum outbox_state states[] = {OUTBOX_QUEUED, OUTBOX_DEAD, OUTBOX_DONE,
+                                               OUTBOX_ASIDE};
     json_t *arr = json_array(), *sorted = NULL, **items = NULL;
-    const char *subs[] = {"queue", "dead", "done"};
     size_t i, n;
 
     if (arr == NULL)
         return NULL;
-    for (i = 0; i < 3; i++)
-        if (outbox_each(ob, subs[i], outbox_list_one, arr) != LB_OK)
+    for (i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+        if (ob->ops->each(ob->st, states[i], outbox_list_one, arr) != LB_OK)
             goto out;
     n = json_array_size(arr);
     items = calloc(n + 1, sizeof(*items));
@@ -1787,7 +1071,7 @@ out:
 json_t *outbox_show(struct outbox *ob, const char *id)
 {
     enum outbox_state where;
-    json_t *j = outbox_find(ob, id, &where);
+    json_t *j = ob->ops->load(ob->st, id, &where);
 
     if (j != NULL && (!json_is_object(j) ||
                       outbox_set_str(j, "state", outbox_state_name(where)) != LB_OK)) {
@@ -1820,123 +1104,57 @@ static enum lb_err outbox_revive(json_t *job, long long now)
 
 enum lb_err outbox_retry(struct outbox *ob, const char *id, long long now)
 {
-    char p[OUTBOX_PATH_MAX], name[OUTBOX_ID_SIZE + 8], why[200];
     struct outbox_claim *c = NULL;
-    json_t *j;
+    enum outbox_state state;
+    char why[160];
     enum lb_err e;
 
-    if (!outbox_id_valid(id))
-        return LB_ERR_NOT_FOUND;
-    e = outbox_claim(ob, id, &c);
-    if (e == LB_OK) {
-        e = outbox_set_int(c->job, "next_attempt", now);
-        if (e == LB_OK)
-            e = outbox_save(c);
-        outbox_release(c);
-        return e;
-    }
-    if (e != LB_ERR_NOT_FOUND)
-        return e;
-    if (outbox_path(ob, p, sizeof(p), "dead", id, ".json") != LB_OK)
-        return LB_ERR_INTERNAL;
-    j = outbox_load_path(p, &e, why, sizeof(why));
-    if (j == NULL)
-        return e == LB_ERR_GONE ? LB_ERR_GONE : e;
-    if (json_is_true(json_object_get(j, "corrupt")) || !outbox_job_check(j, id, why, sizeof(why))) {
-        e = LB_ERR_GONE;
-        goto out;
-    }
-    e = outbox_revive(j, now);
+    e = outbox_claim_in(ob, id, OUTBOX_IN(OUTBOX_QUEUED) | OUTBOX_IN(OUTBOX_DEAD), &c, &state);
     if (e != LB_OK)
-        goto out;
-    /* Rewritten in place first, then one rename: the job is never in two places. */
-    snprintf(name, sizeof(name), "%s.json", id);
-    e = outbox_write_json(ob, "dead", name, id, j, OUTBOX_REPLACE, now, NULL);
+        return e;
+    if (state == OUTBOX_QUEUED) {
+        e = outbox_set_int(c->job, "next_attempt", now);
+    } else if (json_is_true(json_object_get(c->job, "corrupt")) ||
+               !outbox_job_check(c->job, id, why, sizeof(why))) {
+        e = LB_ERR_GONE;
+    } else {
+        e = outbox_revive(c->job, now);
+    }
     if (e == LB_OK)
-        e = outbox_move(ob, id, "dead", "queue");
-out:
-    json_decref(j);
+        e = ob->ops->write(ob->st, c->hold, c->job, OUTBOX_QUEUED, now, true);
+    outbox_release(c);
     return e;
 }
 
 struct outbox_retry_ctx {
+    struct outbox *ob;
     long long now;
     size_t count;
 };
 
-static enum lb_err outbox_retry_one(struct outbox *ob, const char *sub, const char *id, void *arg)
+static enum lb_err outbox_retry_one(void *arg, const char *id, enum outbox_state state,
+                                    const json_t *job)
 {
     struct outbox_retry_ctx *rc = arg;
 
-    (void)sub;
-    if (outbox_retry(ob, id, rc->now) == LB_OK)
+    (void)state;
+    (void)job;
+    if (outbox_retry(rc->ob, id, rc->now) == LB_OK)
         rc->count++;
     return LB_OK;
 }
 
 enum lb_err outbox_retry_all(struct outbox *ob, long long now, size_t *count)
 {
-    struct outbox_retry_ctx rc = {now, 0};
+    struct outbox_retry_ctx rc = {ob, now, 0};
     enum lb_err e;
 
     /* Queue first: dead letters revived below must not be counted twice. */
-    e = outbox_each(ob, "queue", outbox_retry_one, &rc);
+    e = ob->ops->each(ob->st, OUTBOX_QUEUED, outbox_retry_one, &rc);
     if (e == LB_OK)
-        e = outbox_each(ob, "dead", outbox_retry_one, &rc);
+        e = ob->ops->each(ob->st, OUTBOX_DEAD, outbox_retry_one, &rc);
     if (count != NULL)
         *count = rc.count;
-    return e;
-}
-
-/*
- * Removes files in sub whose mtime (their finish time, or a key's expiry) is <= cutoff. Keys go
- * through outbox_key_remove; in dead/ the .corrupt companions go too. Counts .json files removed.
- */
-static enum lb_err outbox_remove_older(struct outbox *ob, const char *sub, long long cutoff,
-                                       long long now, size_t *count)
-{
-    char p[OUTBOX_PATH_MAX], id[OUTBOX_ID_SIZE];
-    bool keys = strcmp(sub, "keys") == 0;
-    struct dirent *de;
-    struct stat st;
-    enum lb_err e = LB_OK;
-    DIR *d;
-
-    if (outbox_path(ob, p, sizeof(p), sub, NULL, NULL) != LB_OK)
-        return LB_ERR_INTERNAL;
-    d = opendir(p);
-    if (d == NULL)
-        return LB_ERR_IO;
-    while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-        bool json;
-
-        if (keys) {
-            if (len != OUTBOX_KEY_HEX + 5 || strcmp(de->d_name + OUTBOX_KEY_HEX, ".json") != 0)
-                continue;
-        } else if (!outbox_name_id(de->d_name, ".json", id) &&
-                   !outbox_name_id(de->d_name, ".corrupt", id)) {
-            continue;
-        }
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-            (long long)st.st_mtime > cutoff)
-            continue;
-        json = len > 5 && strcmp(de->d_name + len - 5, ".json") == 0;
-        if (keys) {
-            if (outbox_key_remove(ob, de->d_name, now, NULL) != LB_OK)
-                e = LB_ERR_IO;
-            continue;
-        }
-        if (unlinkat(dirfd(d), de->d_name, 0) != 0) {
-            e = LB_ERR_IO;
-            continue;
-        }
-        if (json && count != NULL)
-            (*count)++;
-    }
-    (void)closedir(d);
-    if (e == LB_OK && !keys)
-        e = outbox_sync_sub(ob, sub);
     return e;
 }
 
@@ -1949,9 +1167,9 @@ enum lb_err outbox_purge(struct outbox *ob, bool dead, bool done, long long olde
     if (older_than < 0)
         older_than = 0;
     if (dead)
-        e = outbox_remove_older(ob, "dead", now - older_than, now, &n);
+        e = ob->ops->remove_older(ob->st, OUTBOX_DEAD, now - older_than, &n);
     if (done) {
-        e2 = outbox_remove_older(ob, "done", now - older_than, now, &n);
+        e2 = ob->ops->remove_older(ob->st, OUTBOX_DONE, now - older_than, &n);
         if (e == LB_OK)
             e = e2;
     }
@@ -1964,75 +1182,56 @@ enum lb_err outbox_expire(struct outbox *ob, long long now)
 {
     enum lb_err e, e2;
 
-    e = outbox_remove_older(ob, "done", now - ob->conf.done_retention, now, NULL);
-    e2 = outbox_remove_older(ob, "dead", now - ob->conf.dead_retention, now, NULL);
+    e = ob->ops->remove_older(ob->st, OUTBOX_DONE, now - ob->conf.done_retention, NULL);
+    e2 = ob->ops->remove_older(ob->st, OUTBOX_DEAD, now - ob->conf.dead_retention, NULL);
     if (e == LB_OK)
         e = e2;
-    e2 = outbox_remove_older(ob, "keys", now, now, NULL);
+    e2 = ob->ops->expire(ob->st, now);
     if (e == LB_OK)
         e = e2;
-    outbox_clean_tmp(ob);
     return e;
 }
 
-void outbox_set_dead_hook(struct outbox *ob, outbox_dead_fn fn, void *ctx)
+enum lb_err outbox_flush(struct outbox *ob)
 {
-    ob->dead_hook = fn;
-    ob->dead_ctx = ctx;
+    return ob->ops->flush(ob->st);
 }
 
-struct outbox_stats_ctx {
-    struct outbox_stats *st;
-    enum outbox_state state;
-};
+/* ---- monitoring ---- */
 
-static enum lb_err outbox_stats_one(struct outbox *ob, const char *sub, const char *id, void *arg)
+static enum lb_err outbox_stats_one(void *arg, const char *id, enum outbox_state state,
+                                    const json_t *job)
 {
-    struct outbox_stats_ctx *sc = arg;
-    char p[OUTBOX_PATH_MAX], why[200];
-    enum lb_err e;
-    json_t *j;
+    struct outbox_stats *st = arg;
+    long long created;
 
-    if (sc->state == OUTBOX_DONE) {
-        sc->st->done++;
-        return LB_OK;
-    }
-    if (sc->state == OUTBOX_DEAD) {
-        sc->st->dead++;
-        return LB_OK;
-    }
-    if (outbox_path(ob, p, sizeof(p), sub, id, ".json") != LB_OK)
-        return LB_ERR_INTERNAL;
-    j = outbox_load_path(p, &e, why, sizeof(why));
-    if (e == LB_ERR_NOT_FOUND)
-        return LB_OK;
-    sc->st->queued++;
-    if (j != NULL) {
-        long long created = outbox_int(j, "created", -1);
-
-        if (created >= 0 && (sc->st->oldest_created < 0 || created < sc->st->oldest_created))
-            sc->st->oldest_created = created;
-        json_decref(j);
+    (void)id;
+    switch (state) {
+    case OUTBOX_DONE: st->done++; break;
+    case OUTBOX_DEAD: st->dead++; break;
+    case OUTBOX_ASIDE: st->aside++; break;
+    case OUTBOX_QUEUED:
+        st->queued++;
+        created = outbox_int(job, "created", -1);
+        if (created >= 0 && (st->oldest_created < 0 || created < st->oldest_created))
+            st->oldest_created = created;
+        break;
+    default: break;
     }
     return LB_OK;
 }
 
 enum lb_err outbox_stats(struct outbox *ob, long long now, struct outbox_stats *out)
 {
-    static const struct {
-        const char *sub;
-        enum outbox_state state;
-    } places[] = {{"queue", OUTBOX_QUEUED}, {"done", OUTBOX_DONE}, {"dead", OUTBOX_DEAD}};
-    struct outbox_stats_ctx sc = {out, OUTBOX_QUEUED};
+    static const enum outbox_state states[] = {OUTBOX_QUEUED, OUTBOX_DONE, OUTBOX_DEAD,
+                                               OUTBOX_ASIDE};
     enum lb_err e = LB_OK;
     size_t i;
 
     (void)now;
     memset(out, 0, sizeof(*out));
     out->oldest_created = -1;
-    for (i = 0; e == LB_OK && i < sizeof(places) / sizeof(places[0]); i++) {
-        sc.state = places[i].state;
-        e = outbox_each(ob, places[i].sub, outbox_stats_one, &sc);
-    }
+    for (i = 0; e == LB_OK && i < sizeof(states) / sizeof(states[0]); i++)
+        e = ob->ops->each(ob->st, states[i], outbox_stats_one, out);
     return e;
 }

@@ -1196,3 +1196,175 @@ Test(outbox, stats_count_each_state_and_the_dead_hook_hears_each_dead_job_once)
     cr_assert_null(strstr(seen.reason, "jane"), "no personal data in the reason");
     outbox_close(ob);
 }
+
+/* ---- spool robustness and crashes ---- */
+
+/* Makes a FIFO, a unix socket's stand-in (a second FIFO), a symlink and a directory in sub. */
+static void plant_odd_files(const char *sub, const char *base)
+{
+    char p[256], q[256];
+
+    snprintf(p, sizeof(p), "%s/%s/%sa.json", spool, sub, base);
+    cr_assert_eq(mkfifo(p, 0600), 0);
+    snprintf(p, sizeof(p), "%s/%s/%sb.json", spool, sub, base);
+    snprintf(q, sizeof(q), "%s/outside", spool);
+    cr_assert_eq(symlink(q, p), 0);
+    snprintf(p, sizeof(p), "%s/%s/%sc.json", spool, sub, base);
+    cr_assert_eq(mkdir(p, 0700), 0);
+}
+
+Test(outbox, fifos_symlinks_and_dirs_in_the_spool_are_set_aside_never_waited_on,
+     .timeout = 20)
+{
+    struct outbox *ob = open_spool(NULL);
+    static struct fake_api api;
+    struct outbox_run_stats s;
+    struct outbox_stats st;
+    struct outbox_claim *c = NULL;
+    char id[OUTBOX_ID_SIZE];
+    const char *fifo_id = "0000000000000000000000000000000a";
+    json_t *list, *item;
+    size_t i, aside = 0;
+    char p[256];
+
+    put_job(ob, id, T0, one_target);
+    /* A FIFO named like a job: opening it without O_NONBLOCK would block forever. */
+    snprintf(p, sizeof(p), "%s/queue/%s.json", spool, fifo_id);
+    cr_assert_eq(mkfifo(p, 0600), 0);
+    set_mtime_t0(p);
+    plant_odd_files("queue", "000000000000000000000000000000");
+    plant_odd_files("dead", "100000000000000000000000000000");
+    plant_odd_files("done", "200000000000000000000000000000");
+
+    cr_assert_eq(outbox_claim(ob, fifo_id, &c), LB_ERR_NOT_FOUND, "a FIFO is not a job");
+    api_init(&api, T0, T0);
+    cr_assert_eq(outbox_run(ob, T0 + 5, fake_deliver, &api, 0, &s), LB_OK);
+    cr_assert_eq(s.done, 1, "the real job is delivered");
+    cr_assert_eq(api.n, 1);
+
+    list = outbox_list(ob);
+    cr_assert_not_null(list);
+    json_array_foreach(list, i, item) {
+        if (strcmp(json_string_value(json_object_get(item, "state")), "aside") == 0)
+            aside++;
+    }
+    json_decref(list);
+    cr_assert_eq(aside, 10, "queue list reports each odd entry (got %zu)", aside);
+    cr_assert_eq(count_files("queue", NULL), 0, "nothing odd is left in queue/");
+    cr_assert_eq(count_files("aside", NULL), 10);
+    cr_assert_eq(outbox_stats(ob, T0 + 5, &st), LB_OK);
+    cr_assert_eq(st.aside, 10);
+    outbox_close(ob);
+}
+
+/* A deliver function that notes whether it was told the previous outcome is unknown. */
+struct unknown_api {
+    int calls;
+    int unknown;
+};
+
+static void unknown_deliver(void *ctx, const json_t *job, const char *target, const json_t *entry,
+                            struct target_result *r)
+{
+    struct unknown_api *api = ctx;
+
+    (void)job;
+    (void)target;
+    api->calls++;
+    if (outbox_attempt_unknown(entry))
+        api->unknown++;
+    r->outcome = DELIVERY_TRANSIENT;
+    r->http_status = 503;
+    snprintf(r->reason, sizeof(r->reason), "HTTP 503");
+}
+
+Test(outbox, an_attempt_cut_short_by_a_crash_is_flagged_unknown_on_the_next_one)
+{
+    struct outbox *ob = open_spool(NULL);
+    struct unknown_api api = {0, 0};
+    struct outbox_run_stats s;
+    struct lb_error err = {0};
+    char id[OUTBOX_ID_SIZE];
+    json_t *job;
+    int status;
+    pid_t pid;
+
+    /* A job the request path was delivering (started) when its worker was killed. */
+    job = make_job(id, T0, one_target);
+    cr_assert_eq(outbox_job_mark_started(job), LB_OK);
+    cr_assert_eq(outbox_put(ob, job, &err), LB_OK);
+    json_decref(job);
+    pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        struct outbox_claim *mine = NULL;
+
+        if (outbox_claim(ob, id, &mine) != LB_OK)
+            _exit(2);
+        raise(SIGKILL); /* dies mid-delivery: nothing recorded */
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status));
+
+    cr_assert_eq(outbox_run(ob, T0 + 1, unknown_deliver, &api, 0, &s), LB_OK);
+    cr_assert_eq(api.calls, 1);
+    cr_assert_eq(api.unknown, 1, "the retry must ask the API before creating again");
+
+    /* That attempt was recorded (a clean 503): the next one is a plain retry. */
+    cr_assert_eq(outbox_retry(ob, id, T0 + 2), LB_OK);
+    cr_assert_eq(outbox_run(ob, T0 + 2, unknown_deliver, &api, 0, &s), LB_OK);
+    cr_assert_eq(api.calls, 2);
+    cr_assert_eq(api.unknown, 1, "a recorded outcome is known");
+
+    /* A job put without being started (queued for the worker) is not unknown either. */
+    put_job(ob, id, T0, one_target);
+    cr_assert_eq(outbox_run(ob, T0 + 3, unknown_deliver, &api, 0, &s), LB_OK);
+    cr_assert_eq(api.unknown, 1);
+    outbox_close(ob);
+}
+
+/* Many threads putting at once share commits (group commit) and every job is whole. */
+struct put_arg {
+    struct outbox *ob;
+    int n;
+    int failed;
+};
+
+static void *put_many(void *p)
+{
+    struct put_arg *a = p;
+    char id[OUTBOX_ID_SIZE];
+    struct lb_error err = {0};
+
+    for (int i = 0; i < a->n; i++) {
+        json_t *job = make_job(id, T0, one_target);
+
+        if (outbox_put(a->ob, job, &err) != LB_OK)
+            a->failed++;
+        json_decref(job);
+    }
+    return NULL;
+}
+
+Test(outbox, concurrent_puts_all_land_whole)
+{
+    struct outbox *ob = open_spool(NULL);
+    pthread_t th[16];
+    struct put_arg args[16];
+    struct outbox_stats st;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        args[i] = (struct put_arg){ob, 20, 0};
+        cr_assert_eq(pthread_create(&th[i], NULL, put_many, &args[i]), 0);
+    }
+    for (i = 0; i < 16; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(args[i].failed, 0);
+    }
+    cr_assert_eq(outbox_stats(ob, T0, &st), LB_OK);
+    cr_assert_eq(st.queued, 320);
+    cr_assert_eq(st.aside, 0);
+    cr_assert_eq(count_files("tmp", NULL), 0);
+    outbox_close(ob);
+}
