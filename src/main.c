@@ -57,6 +57,7 @@ struct server {
 struct retry_ctx {
     const struct config *cfg;
     struct http_client *http;
+    long long now; /* the pass's clock */
 };
 
 static enum target_action action_from_name(const char *name)
@@ -75,6 +76,7 @@ static void retry_deliver(void *arg, const json_t *job, const char *target, cons
     const struct target *t = config_find_target(ctx->cfg, target);
     enum target_action action = action_from_name(
         json_string_value(json_object_get(entry, "action")));
+    bool unknown;
 
     if (t == NULL || action == TARGET_ACTION__MAX) {
         result->outcome = DELIVERY_PERMANENT;
@@ -82,9 +84,25 @@ static void retry_deliver(void *arg, const json_t *job, const char *target, cons
                  "target \"%s\" is no longer configured for this action", target);
         return;
     }
-    target_deliver(t, ctx->http, action, json_object_get(entry, "lead"),
-                   json_string_value(json_object_get(entry, "lead_id")),
-                   json_string_value(json_object_get(job, "id")), result);
+    unknown = outbox_attempt_unknown(entry);
+    if (unknown && t->ops->build_lookup != NULL) {
+        /* An interrupted attempt may have made the lead; an API that persists asynchronously
+         * shows it in a search only after a while: ask once that has passed. */
+        long long since = json_integer_value(json_object_get(entry, "unknown_since"));
+        long long wait = since + t->ops->lookup_settle - ctx->now;
+
+        if (wait > 0) {
+            result->outcome = DELIVERY_TRANSIENT;
+            result->retry_after = wait;
+            result->still_unknown = true;
+            snprintf(result->reason, sizeof(result->reason),
+                     "an interrupted attempt may have made the lead; checking in %lld s", wait);
+            return;
+        }
+    }
+    target_deliver_checked(t, ctx->http, action, json_object_get(entry, "lead"),
+                           json_string_value(json_object_get(entry, "lead_id")),
+                           json_string_value(json_object_get(job, "id")), unknown, result);
 }
 
 static void log_run_stats(const struct outbox_run_stats *st)
@@ -98,7 +116,7 @@ static void log_run_stats(const struct outbox_run_stats *st)
 static void *retry_main(void *arg)
 {
     struct server *s = arg;
-    struct retry_ctx ctx = {s->cfg, http_client_new()};
+    struct retry_ctx ctx = {s->cfg, http_client_new(), 0};
 
     if (ctx.http == NULL) {
         log_msg(LOG_ERROR, "retry worker could not start");
@@ -110,6 +128,7 @@ static void *retry_main(void *arg)
         struct timespec until;
 
         memset(&st, 0, sizeof(st));
+        ctx.now = now;
         if (outbox_run(s->outbox, now, retry_deliver, &ctx, 64, &st) == LB_OK) {
             log_run_stats(&st);
             if (st.next_due >= 0 && st.next_due - now < wait)
@@ -494,7 +513,7 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
     if (strcmp(cmd, "stats") == 0)
         return monitor_print_stats(ob, o->json, o->now, stdout);
     if (strcmp(cmd, "run") == 0) {
-        struct retry_ctx ctx = {cfg, http_client_new()};
+        struct retry_ctx ctx = {cfg, http_client_new(), o->now};
         struct outbox_run_stats st;
 
         memset(&st, 0, sizeof(st));

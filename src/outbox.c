@@ -351,7 +351,8 @@ enum lb_err outbox_job_mark_started(json_t *job)
     json_object_foreach(json_object_get(job, "targets"), name, entry) {
         st = outbox_target_status(entry);
         if ((st == NULL || strcmp(st, "pending") == 0) &&
-            outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK)
+            (outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK ||
+             outbox_set_int(entry, "started_at", outbox_int(job, "created", 0)) != LB_OK))
             return LB_ERR_NOMEM;
     }
     return LB_OK;
@@ -484,6 +485,17 @@ enum lb_err outbox_record(struct outbox_claim *c, const char *target,
     if (!json_is_object(entry))
         return LB_ERR_NOT_FOUND;
     e = outbox_set_int(entry, "attempts", outbox_int(entry, "attempts", 0) + 1);
+    if (e == LB_OK && result->outcome == DELIVERY_TRANSIENT && result->still_unknown) {
+        /* Still not known whether an interrupted attempt made the lead: keep it open, dated
+         * from that attempt, so the next one asks the API again. */
+        json_t *since = json_object_get(entry, "unknown_since");
+
+        e = outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1);
+        if (e == LB_OK && json_is_integer(since))
+            e = outbox_set_int(entry, "started_at", json_integer_value(since));
+    }
+    (void)json_object_del(entry, "check_existing");
+    (void)json_object_del(entry, "unknown_since");
     if (e == LB_OK)
         e = outbox_set_int(entry, "last_attempt", now);
     if (e == LB_OK)
@@ -543,13 +555,14 @@ enum lb_err outbox_save(struct outbox_claim *c)
                              outbox_int(c->job, "next_attempt", 0), false);
 }
 
-enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target)
+enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target, long long now)
 {
     json_t *entry = json_object_get(json_object_get(c->job, "targets"), target);
 
     if (!json_is_object(entry))
         return LB_ERR_NOT_FOUND;
-    if (outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK)
+    if (outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK ||
+        outbox_set_int(entry, "started_at", now) != LB_OK)
         return LB_ERR_NOMEM;
     return c->ob->ops->write(c->ob->st, c->hold, c->job, OUTBOX_QUEUED,
                              outbox_int(c->job, "next_attempt", 0), true);
@@ -806,16 +819,18 @@ static void outbox_deliver_job(struct outbox_claim *c, long long now, outbox_del
          * attempts, and the next attempt asks the API whether it has the lead. */
         {
             bool unknown = outbox_int(entry, "started", 0) > outbox_int(entry, "attempts", 0);
+            long long began = outbox_int(entry, "started_at", 0);
 
-            if (outbox_begin_attempt(c, names[i]) != LB_OK)
+            if (outbox_begin_attempt(c, names[i], now) != LB_OK)
                 continue;
             entry = json_object_get(targets, names[i]);
-            if (unknown)
+            if (unknown) {
                 (void)json_object_set_new(entry, "check_existing", json_true());
+                (void)json_object_set_new(entry, "unknown_since", json_integer(began));
+            }
         }
         target_result_init(&r);
         deliver(ctx, c->job, names[i], entry, &r);
-        (void)json_object_del(entry, "check_existing");
         if (outbox_record(c, names[i], &r, now) == LB_OK && r.outcome == DELIVERY_OK) {
             s->delivered++;
             if (outbox_other_pending(c->job, names[i]))

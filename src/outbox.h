@@ -35,6 +35,7 @@
  *                                  "lead_id": "<optional, for updates>",
  *                                  "status": "pending|delivered|dead", "attempts": <n>,
  *                                  "started": <n: attempts begun; > attempts while one runs>,
+ *                                  "started_at": <epoch s: when the last one began>,
  *                                  "last_attempt": <epoch s>,
  *                                  "last_error": "...", "last_status": <http status>,
  *                                  "retry_after": <s, optional>,
@@ -172,7 +173,8 @@ enum lb_err outbox_job_mark_started(json_t *job);
 /*
  * Inside a deliver call: whether the target's previous attempt has an unknown outcome (it was
  * started, and never recorded, because its worker died), so the API must be asked first whether
- * it already has the lead. entry is the one deliver got (borrowed).
+ * it already has the lead. entry is the one deliver got (borrowed). Its "unknown_since" then
+ * holds when that interrupted attempt began.
  */
 bool outbox_attempt_unknown(const json_t *entry);
 
@@ -218,7 +220,7 @@ enum lb_err outbox_save(struct outbox_claim *c);
  * Marks target's next attempt started and writes the job durably (waits for the commit). Call
  * right before calling the API; outbox_record() then closes the attempt.
  */
-enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target);
+enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target, long long now);
 /*
  * Ends the claim (always; c is freed, even on error) and files the job:
  * - no target pending, none dead → done/ (small record: id, form, created, finished, attempts,

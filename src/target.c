@@ -9,6 +9,7 @@
  */
 #include "target.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,6 +187,234 @@ out:
     metrics_delivery(t->name, delivery_outcome_name(result->outcome));
     http_call_free(&call);
     http_reply_free(&reply);
+}
+
+/* ---- looking a lead up before creating it again ---- */
+
+/* Whether the string s names submission id: equal to it, or containing "leadbridge id: <id>". */
+static bool target_names_submission(const char *s, const char *id)
+{
+    char tag[96];
+
+    if (strcmp(s, id) == 0)
+        return true;
+    snprintf(tag, sizeof(tag), "leadbridge id: %s", id);
+    return strstr(s, tag) != NULL;
+}
+
+/* Whether any string anywhere inside v names the submission (depth-capped). */
+static bool target_mentions(const json_t *v, const char *id, int depth)
+{
+    const char *key;
+    json_t *item;
+    size_t i;
+
+    if (depth > 16)
+        return false;
+    if (json_is_string(v))
+        return target_names_submission(json_string_value(v), id);
+    if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, key, item) {
+            if (target_mentions(item, id, depth + 1))
+                return true;
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            if (target_mentions(item, id, depth + 1))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Copies obj's "id" or "leadId" (integer, or a string of [A-Za-z0-9_-]) into out. */
+static bool target_take_any_id(const json_t *obj, char *out, size_t size)
+{
+    static const char *const keys[] = {"leadId", "id", "lead_id"};
+
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        const json_t *v = json_object_get(obj, keys[k]);
+        int n = -1;
+
+        if (json_is_integer(v)) {
+            n = snprintf(out, size, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        } else if (json_is_string(v)) {
+            const char *s = json_string_value(v);
+            size_t len = strlen(s), i;
+
+            for (i = 0; i < len; i++)
+                if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
+                    break;
+            if (len > 0 && i == len)
+                n = snprintf(out, size, "%s", s);
+        }
+        if (n > 0 && (size_t)n < size)
+            return true;
+    }
+    return false;
+}
+
+/* Searches v for the innermost object with an id that mentions the submission. */
+static bool target_find_lead(const json_t *v, const char *id, char *out, size_t size, int depth)
+{
+    const char *key;
+    json_t *item;
+    size_t i;
+
+    if (depth > 16)
+        return false;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            if (target_find_lead(item, id, out, size, depth + 1))
+                return true;
+        }
+        return false;
+    }
+    if (!json_is_object(v))
+        return false;
+    json_object_foreach((json_t *)v, key, item) {
+        if ((json_is_array(item) || json_is_object(item)) &&
+            target_find_lead(item, id, out, size, depth + 1))
+            return true;
+    }
+    return target_mentions(v, id, depth) && target_take_any_id(v, out, size);
+}
+
+bool target_lookup_match(const char *body, size_t len, const char *submission_id,
+                         char *lead_id, size_t size)
+{
+    json_t *j;
+    bool found;
+
+    if (body == NULL || submission_id == NULL || submission_id[0] == '\0' || size == 0)
+        return false;
+    j = json_loadb(body, len, 0, NULL);
+    if (j == NULL)
+        return false;
+    found = target_find_lead(j, submission_id, lead_id, size, 0);
+    json_decref(j);
+    return found;
+}
+
+/* Appends "name=<value percent-encoded>" to out at *o. */
+static bool target_query_add(char *out, size_t size, size_t *o, const char *name, const char *v)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    int n = snprintf(out + *o, size - *o, "%s%s=", out[*o - 1] == '?' ? "" : "&", name);
+
+    if (n < 0 || (size_t)n >= size - *o)
+        return false;
+    *o += (size_t)n;
+    for (; *v != '\0'; v++) {
+        unsigned char c = (unsigned char)*v;
+
+        if (*o + 4 >= size)
+            return false;
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+            out[(*o)++] = (char)c;
+        } else {
+            out[(*o)++] = '%';
+            out[(*o)++] = hex[c >> 4];
+            out[(*o)++] = hex[c & 15];
+        }
+    }
+    out[*o] = '\0';
+    return true;
+}
+
+enum lb_err target_lookup_url(struct http_call *call, const char *prefix, const json_t *lead)
+{
+    const char *email = target_text(lead, "email"), *phone = target_text(lead, "phone");
+    size_t o;
+    int n;
+
+    if (email == NULL && phone == NULL)
+        return LB_ERR_NOT_FOUND;
+    n = snprintf(call->url, sizeof(call->url), "%s?", prefix);
+    if (n < 0 || (size_t)n >= sizeof(call->url))
+        return LB_ERR_INTERNAL;
+    o = (size_t)n;
+    if (email != NULL && !target_query_add(call->url, sizeof(call->url), &o, "email", email))
+        return LB_ERR_INTERNAL;
+    if (phone != NULL && !target_query_add(call->url, sizeof(call->url), &o, "phone", phone))
+        return LB_ERR_INTERNAL;
+    call->method = "GET";
+    return LB_OK;
+}
+
+/*
+ * Asks t whether it has the lead submission_id made. Returns 1 (found: *result is DELIVERY_OK with
+ * the lead id), 0 (not found, or the lead cannot be searched for: create it) or -1 (the search
+ * failed: *result is transient).
+ */
+static int target_lookup(const struct target *t, struct http_client *http, const json_t *lead,
+                         const char *submission_id, struct target_result *result)
+{
+    struct http_call call;
+    struct http_reply reply;
+    enum lb_err rc;
+    int found = 0;
+
+    memset(&call, 0, sizeof(call));
+    memset(&reply, 0, sizeof(reply));
+    reply.retry_after = -1;
+    reply.rate_limit_reset = -1;
+    rc = t->ops->build_lookup(t->state, lead, &call);
+    if (rc == LB_ERR_NOT_FOUND)
+        goto out;
+    if (rc != LB_OK) {
+        target_set(result, DELIVERY_TRANSIENT, "could not build the %s search: %s", t->ops->type,
+                   lb_strerror(rc));
+        result->still_unknown = true;
+        found = -1;
+        goto out;
+    }
+    rc = http_perform(http, &call, &reply);
+    if (rc != LB_OK || (reply.status != 200 && reply.status != 404)) {
+        result->http_status = reply.status;
+        if (rc != LB_OK)
+            target_set(result, DELIVERY_TRANSIENT,
+                       "could not check whether the API has the lead already: %s",
+                       reply.transport_message[0] != '\0' ? reply.transport_message
+                                                           : "the call failed");
+        else
+            target_set(result, DELIVERY_TRANSIENT,
+                       "could not check whether the API has the lead already: HTTP %ld",
+                       reply.status);
+        result->retry_after = reply.retry_after;
+        result->still_unknown = true;
+        found = -1;
+        goto out;
+    }
+    if (reply.status == 200 && target_lookup_match(reply.body, reply.body_len, submission_id,
+                                                   result->lead_id, sizeof(result->lead_id))) {
+        result->outcome = DELIVERY_OK;
+        result->http_status = reply.status;
+        snprintf(result->reason, sizeof(result->reason),
+                 "the API had the lead already (found by our id after an interrupted attempt)");
+        found = 1;
+    }
+out:
+    http_call_free(&call);
+    http_reply_free(&reply);
+    return found;
+}
+
+void target_deliver_checked(const struct target *t, struct http_client *http,
+                            enum target_action action, const json_t *lead, const char *lead_id,
+                            const char *submission_id, bool check_existing,
+                            struct target_result *result)
+{
+    if (check_existing && t != NULL && t->ops != NULL && t->ops->build_lookup != NULL &&
+        action != TARGET_UPDATE) {
+        int found;
+
+        target_result_init(result);
+        found = target_lookup(t, http, lead, submission_id, result);
+        if (found != 0)
+            return;
+    }
+    target_deliver(t, http, action, lead, lead_id, submission_id, result);
 }
 
 /* Length of a UTF-8 sequence starting with byte c (1 for stray bytes). */

@@ -34,6 +34,9 @@ struct target_result {
     json_t *valuation;        /* owned; NULL or {"status":..,"sale":{min,avg,max},"rent":{...}} */
     char reason[512];         /* for a person; never holds secrets */
     long long retry_after;    /* seconds to wait before retrying, or -1 */
+    bool still_unknown;       /* transient, and whether an interrupted create made the lead is
+                                 still not known (the search failed or must wait): the next
+                                 attempt must ask again */
 };
 
 struct target_ops {
@@ -58,6 +61,15 @@ struct target_ops {
     /* Classifies the reply into *result (result is zeroed by the caller, retry_after = -1). */
     void (*classify)(const void *state, enum target_action action, const struct http_reply *reply,
                      struct target_result *result);
+    /*
+     * Optional; NULL for APIs that recognise a repeat by our submission id themselves (Leadping's
+     * externalId, webhooks' Idempotency-Key). Builds a search for the leads of lead's person
+     * (by email and/or phone; the answer is read by target_lookup_match), for when an earlier
+     * create's outcome is unknown. LB_ERR_NOT_FOUND: the lead has nothing to search by.
+     */
+    enum lb_err (*build_lookup)(const void *state, const json_t *lead, struct http_call *call);
+    /* Seconds after a create before the search is sure to show it (asynchronous persistence). */
+    int lookup_settle;
 };
 
 struct target {
@@ -83,6 +95,29 @@ const char *delivery_outcome_name(enum delivery_outcome o);
 void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
                     const json_t *lead, const char *lead_id, const char *submission_id,
                     struct target_result *result);
+/*
+ * target_deliver, first asking the API whether it has the lead already when check_existing is
+ * true (the previous attempt's outcome is unknown: its worker died) and the target can be asked
+ * (build_lookup). Found: DELIVERY_OK with its lead id, nothing created. Not found: created as
+ * usual. The search failing: DELIVERY_TRANSIENT (never a blind second create).
+ */
+void target_deliver_checked(const struct target *t, struct http_client *http,
+                            enum target_action action, const json_t *lead, const char *lead_id,
+                            const char *submission_id, bool check_existing,
+                            struct target_result *result);
+/*
+ * Reads a search answer tolerantly: any JSON object, at any depth of body, that carries
+ * submission_id in one of its strings (exactly, or as "leadbridge id: <id>" in a note) and an id
+ * ("id" or "leadId", a number or a string) names the lead. Returns true and fills lead_id.
+ */
+bool target_lookup_match(const char *body, size_t len, const char *submission_id,
+                         char *lead_id, size_t size);
+/*
+ * Fills call->url with prefix + "?email=..&phone=.." from lead's email and phone (percent-encoded;
+ * either may be missing). LB_ERR_NOT_FOUND when the lead has neither, LB_ERR_INTERNAL when it does
+ * not fit.
+ */
+enum lb_err target_lookup_url(struct http_call *call, const char *prefix, const json_t *lead);
 void target_result_init(struct target_result *r);
 void target_result_clear(struct target_result *r);
 

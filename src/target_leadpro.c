@@ -1224,6 +1224,34 @@ static bool leadpro_supports(enum target_action action)
     return action == TARGET_CREATE || action == TARGET_VALUATION || action == TARGET_UPDATE;
 }
 
+/*
+ * See struct target_ops.build_lookup: GET /person/leads?email=&phone= (either is enough), with
+ * the same key. Our create puts the submission id in meta "leadbridge_id"; the match reads it.
+ */
+static enum lb_err leadpro_build_lookup(const void *state, const json_t *lead,
+                                        struct http_call *call)
+{
+    const struct leadpro *st = state;
+    char prefix[1024];
+    enum lb_err e;
+    int n;
+
+    memset(call, 0, sizeof(*call));
+    n = snprintf(prefix, sizeof(prefix), "%s/person/leads", st->base_url);
+    if (n < 0 || (size_t)n >= sizeof(prefix))
+        return LB_ERR_INTERNAL;
+    e = target_lookup_url(call, prefix, lead);
+    if (e == LB_OK)
+        e = http_call_add_header(call, "X-API-KEY", st->api_key);
+    if (e == LB_OK)
+        e = http_call_add_header(call, "Accept", "application/json");
+    call->connect_timeout_ms = st->connect_timeout_ms;
+    call->timeout_ms = st->timeout_ms;
+    if (e != LB_OK)
+        http_call_free(call);
+    return e;
+}
+
 const struct target_ops target_leadpro_ops = {
     .type = "leadpro",
     .configure = leadpro_configure,
@@ -1232,4 +1260,5 @@ const struct target_ops target_leadpro_ops = {
     .validate = leadpro_validate,
     .build = leadpro_build,
     .classify = leadpro_classify,
+    .build_lookup = leadpro_build_lookup,
 };

@@ -850,6 +850,39 @@ out:
     json_decref(body);
 }
 
+/*
+ * See struct target_ops.build_lookup: GET /v1.0/leads?email=&phone=. Our create's note carries
+ * "leadbridge id: <submission id>" (and the attribute leadbridge_id); the match reads either.
+ * Lofty persists asynchronously, so a lead made a moment ago may not be found yet: the caller
+ * waits a while after an interrupted attempt before asking (see main.c).
+ */
+static enum lb_err lofty_build_lookup(const void *state, const json_t *lead,
+                                      struct http_call *call)
+{
+    const struct lofty *lf = state;
+    char prefix[1024], auth[1024];
+    enum lb_err e;
+    int n;
+
+    memset(call, 0, sizeof(*call));
+    n = snprintf(prefix, sizeof(prefix), "%s/v1.0/leads", lf->base_url);
+    if (n < 0 || (size_t)n >= sizeof(prefix))
+        return LB_ERR_INTERNAL;
+    n = snprintf(auth, sizeof(auth), "%s %s", lofty_auth_schemes[lf->auth], lf->secret);
+    if (n < 0 || (size_t)n >= sizeof(auth))
+        return LB_ERR_INTERNAL;
+    e = target_lookup_url(call, prefix, lead);
+    if (e == LB_OK)
+        e = http_call_add_header(call, "Accept", "application/json");
+    if (e == LB_OK)
+        e = http_call_add_header(call, "Authorization", auth);
+    call->connect_timeout_ms = lf->connect_timeout_ms;
+    call->timeout_ms = lf->timeout_ms;
+    if (e != LB_OK)
+        http_call_free(call);
+    return e;
+}
+
 const struct target_ops target_lofty_ops = {
     .type = "lofty",
     .configure = lofty_configure,
@@ -858,4 +891,6 @@ const struct target_ops target_lofty_ops = {
     .validate = lofty_validate,
     .build = lofty_build,
     .classify = lofty_classify,
+    .build_lookup = lofty_build_lookup,
+    .lookup_settle = 10,
 };

@@ -439,10 +439,13 @@ class Queue(OutboxCase):
 # ---------------------------------------------------------------------------------------------
 
 class Crash(OutboxCase):
-    """SIGKILL the bridge (and a cron-style `queue run`) under load, many rounds."""
+    """SIGKILL the bridge (and a cron-style `queue run`) under load, many rounds, posting to a
+    form whose API de-duplicates by our id (Leadping's externalId)."""
 
     ROUNDS = 15
     CLIENTS = 8
+    FORM = "/lead/ping"
+    API = "leadping"
 
     def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(self):
         st = self.st
@@ -459,7 +462,7 @@ class Crash(OutboxCase):
                         "email": "c.%s@example.com" % t, "phone": "07700 900321",
                         "message": "crash test " + t}
                 try:
-                    r = st.post("/lead/ping", data, headers={"Origin": st.web})
+                    r = st.post(self.FORM, data, headers={"Origin": st.web})
                     outcome = r.status
                 except Exception as e:      # connection reset etc.: not accepted
                     outcome = type(e).__name__
@@ -532,10 +535,10 @@ class Crash(OutboxCase):
         tmp_left = len(os.listdir(os.path.join(spool, "tmp")))
 
         # What the API holds: Leadping dedupes a repeated externalId into one lead and counts
-        # the repeats; two leads for one submission would be two externalIds.
+        # the repeats; LeadPro does not, so two leads for one submission are two records there.
         by_token = {}
         redeliveries = 0
-        for rec in st.standin_leads("leadping"):
+        for rec in st.standin_leads(self.API):
             email = rec["json"].get("email", "")
             if email.startswith("c.") and email.endswith("@example.com"):
                 by_token.setdefault(email[2:-len("@example.com")], []).append(rec)
@@ -543,7 +546,7 @@ class Crash(OutboxCase):
         ok = [t for t, s in subs if isinstance(s, int) and 200 <= s < 300]
         lost = [t for t in ok if t not in by_token and
                 not any(t in text for text in spool_text.values())]
-        dups = {t: [r["json"].get("externalId") for r in recs]
+        dups = {t: [r["json"].get("externalId") or r.get("id") for r in recs]
                 for t, recs in by_token.items() if len(recs) > 1}
         failed = [(t, s) for t, s in subs if not (isinstance(s, int) and 200 <= s < 300)]
         failed_delivered = sum(1 for t, _ in failed if t in by_token)
@@ -553,7 +556,7 @@ class Crash(OutboxCase):
             statuses[s] = statuses.get(s, 0) + 1
 
         sys.stderr.write(
-            "\ncrash figures: submissions %d, 2xx answers %d (%s), bridge SIGKILLs %d, "
+            "\ncrash figures (" + self.API + "): submissions %d, 2xx answers %d (%s), bridge SIGKILLs %d, "
             "cron SIGKILLs %d, lost %d, duplicates %d, re-deliveries absorbed by externalId %d, "
             "non-2xx answers later delivered anyway %d, dead letters %d, corrupt %d, "
             "unparseable %d, tmp/ leftovers %d\n"
@@ -571,6 +574,91 @@ class Crash(OutboxCase):
         self.assertEqual(dead, [], "dead letters after a crash")
         for t in ok:
             self.assertIn(t, by_token, "answered 2xx and not delivered after the drain")
+
+
+class CrashLeadPro(Crash):
+    """The same, against LeadPro, which makes a second lead for a repeated create: a job whose
+    worker died mid-delivery is looked up (GET /person/leads) before it is sent again."""
+
+    FORM = "/lead/create"
+    API = "leadpro"
+
+
+class TookTheLeadThenDied(OutboxCase):
+    """The API takes the lead, but the bridge is killed before it hears the answer: the outcome
+    is unknown. The retry asks the API first (LeadPro: GET /person/leads, Lofty: GET /v1.0/leads,
+    matched by our submission id) and makes no second lead."""
+
+    def crash_after_create(self, form, api, data, t):
+        st = self.st
+        st.standin_mode({"api": api, "mode": "slow", "delay": 1.5, "count": 1})
+        first = {}
+
+        def go():
+            try:
+                first["r"] = self.post(form, data)
+            except Exception as e:
+                first["r"] = e
+
+        th = threading.Thread(target=go)
+        th.start()
+        deadline = time.monotonic() + 10
+        while not [x for x in requests_for(st, api) if t in x["body"]]:
+            self.assertLess(time.monotonic(), deadline, "the lead never reached the API")
+            time.sleep(0.02)
+        restart_bridge(st)                  # SIGKILL while the API is making the lead
+        th.join(20)
+        deadline = time.monotonic() + 10
+        while not leads_with(st, api, t):   # the slow API finishes the create anyway
+            self.assertLess(time.monotonic(), deadline, "the API never made the lead")
+            time.sleep(0.05)
+        jobs = [x for x in queue(st, "list") if x["state"] == "queued"]
+        self.assertEqual(len(jobs), 1, jobs)
+        return jobs[0]["id"]
+
+    def searches(self, api):
+        status, obj = self.st.standin_get("/_control/state")
+        return obj.get("searches", {}).get(api, 0) if status == 200 else 0
+
+    def test_leadpro_lead_made_before_the_crash_is_found_not_made_again(self):
+        st, t = self.st, token()
+        jid = self.crash_after_create("/lead/create", "leadpro", lead(t), t)
+        before = self.searches("leadpro")
+        stats = queue(st, "run", now=int(time.time()) + 60)
+        self.assertEqual(stats["done"], 1, stats)
+        got = leads_with(st, "leadpro", t)
+        self.assertEqual(len(got), 1, "one submission, %d LeadPro leads" % len(got))
+        self.assertGreater(self.searches("leadpro"), before, "the retry did not ask LeadPro")
+        job = queue(st, "show", jid)
+        self.assertEqual(job["state"], "done")
+        self.assertEqual(str(job["targets"]["leadpro"]["lead_id"]), str(got[0]["id"]))
+
+    def test_lofty_lead_made_before_the_crash_is_found_not_made_again(self):
+        st, t = self.st, token()
+        data = {"first_name": "Lo", "last_name": "F" + t, "email": "l.%s@example.com" % t,
+                "phone": "07700 900456", "message": "Lofty " + t}
+        jid = self.crash_after_create("/lead/lofty", "lofty", data, t)
+        # The stand-in's search shows a lead 2 s after it was made (asynchronous persistence).
+        time.sleep(2.2)
+        before = self.searches("lofty")
+        stats = queue(st, "run", now=int(time.time()) + 60)
+        self.assertEqual(stats["done"], 1, stats)
+        got = leads_with(st, "lofty", t)
+        self.assertEqual(len(got), 1, "one submission, %d Lofty leads" % len(got))
+        self.assertGreater(self.searches("lofty"), before, "the retry did not ask Lofty")
+        self.assertEqual(str(queue(st, "show", jid)["targets"]["lofty"]["lead_id"]),
+                         str(got[0]["id"]))
+
+    def test_a_clean_failure_is_retried_without_a_search(self):
+        st, t = self.st, token()
+        st.standin_mode({"api": "leadpro", "mode": "unavailable", "count": 1})
+        r = self.post("/lead/create", lead(t))
+        self.assertEqual(r.status, 202, r)
+        before = self.searches("leadpro")
+        stats = queue(st, "run", now=int(time.time()) + 60)
+        self.assertEqual(stats["done"], 1, stats)
+        self.assertEqual(self.searches("leadpro"), before, "a known 503 needs no search")
+        self.assertEqual(len(leads_with(st, "leadpro", t)), 1)
 
 
 class KilledMidDelivery(OutboxCase):

@@ -47,6 +47,7 @@ DEFAULT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-webhook-secret-32-by
 LEADPRO_PREFIX = "/leadpro/api/v103"
 LEADPING_PREFIX = "/leadping"
 LOFTY_PREFIX = "/lofty/v1.0"
+LOFTY_SEARCH_DELAY = 2.0   # seconds before a new Lofty lead shows in a search (async persistence)
 WEBHOOK_PREFIX = "/webhook/"
 
 LEADPRO_OFFICES = [{"id": 1, "name": "Derby"}, {"id": "2", "name": "Nottingham"}]
@@ -159,6 +160,7 @@ class State:
         self.lofty_next = BIG_ID_BASE
         self.lofty_by_id = {}
         self.webhook_by_id = {}
+        self.searches = {"leadpro": 0, "lofty": 0}
 
     def reset(self):
         """Back to the start-up state; releases every hung request (they are then closed)."""
@@ -918,6 +920,9 @@ class Handler(BaseHTTPRequestHandler):
         if sub in ("/leads", "/leads/valuation") and self.command == "POST":
             self._leadpro_create(body, sub == "/leads/valuation", flags)
             return
+        if sub == "/person/leads":
+            self._leadpro_person_leads()
+            return
         if m and m.group(1) != "valuation" and self.command in ("PATCH", "GET"):
             lead_id = int(m.group(1)) if m.group(1).isdigit() and m.group(1).isascii() else None
             with state.lock:
@@ -937,6 +942,34 @@ class Handler(BaseHTTPRequestHandler):
                              % self.command})
             return
         self._send(404, {"message": "Not Found."})
+
+    def _leadpro_person_leads(self):
+        """GET /person/leads?email=&phone=: the leads of one person (lookups.txt). Email or phone
+        is required; either is enough. Each item carries its id, contact fields and meta."""
+        if self.command != "GET":
+            self._send(405, {"message": "The %s method is not supported for this route."
+                             % self.command})
+            return
+        q = parse_qs(urlsplit(self.path).query)
+        email = (q.get("email") or [""])[0].strip().lower()
+        phone = (q.get("phone") or [""])[0].strip()
+        if not email and not phone:
+            self._send(422, {"message": "The given data was invalid.",
+                             "errors": {"email": ["The email field is required when phone is "
+                                                  "not present."]}})
+            return
+        state = self.server.state
+        out = []
+        with state.lock:
+            for lead_id in sorted(state.leadpro_by_id, key=str):
+                lead = state.leadpro_by_id[lead_id]["state"]
+                if (email and str(lead.get("email", "")).lower() == email) or \
+                        (phone and str(lead.get("phone", "")) == phone):
+                    out.append(json.loads(json.dumps(
+                        {k: lead.get(k) for k in ("id", "type", "email", "phone", "meta",
+                                                  "created_at") if k in lead})))
+        state.searches["leadpro"] += 1
+        self._send(200, {"data": out})
 
     def _leadpro_parse(self, body):
         ctype = (self._header("Content-Type") or "").lower()
@@ -1131,8 +1164,11 @@ class Handler(BaseHTTPRequestHandler):
         self._rec["auth"] = scheme.lower()
         m = re.fullmatch(r"/leads/([^/]+)", sub)
         if sub == "/leads":
+            if self.command == "GET":
+                self._lofty_search()
+                return
             if self.command != "POST":
-                self._send(405, {"code": "METHOD_NOT_ALLOWED", "message": "use POST"})
+                self._send(405, {"code": "METHOD_NOT_ALLOWED", "message": "use GET or POST"})
                 return
             self._lofty_write(None, body)
             return
@@ -1159,6 +1195,34 @@ class Handler(BaseHTTPRequestHandler):
             self._lofty_write(rec, body)
             return
         self._send(404, {"code": "NOT_FOUND", "message": "no such endpoint"})
+
+    def _lofty_search(self):
+        """GET /v1.0/leads?email=&phone=: matching leads with their leadId (lookups.txt).
+        Persistence is asynchronous: a lead is found only LOFTY_SEARCH_DELAY seconds after it
+        was created, as the documentation warns."""
+        q = parse_qs(urlsplit(self.path).query)
+        email = (q.get("email") or [""])[0].strip().lower()
+        phone = (q.get("phone") or [""])[0].strip()
+        if not email and not phone:
+            self._send(400, {"code": "PARAMETER_INVALID", "message": "email or phone is required"})
+            return
+        state = self.server.state
+        out = []
+        now = time.monotonic()
+        with state.lock:
+            for lead_id in sorted(state.lofty_by_id):
+                rec = state.lofty_by_id[lead_id]
+                if now - rec.get("created_mono", 0) < LOFTY_SEARCH_DELAY:
+                    continue
+                lead = rec["state"]
+                emails = [str(e).lower() for e in lead.get("emails") or []]
+                if (email and email in emails) or (phone and phone in (lead.get("phones") or [])):
+                    out.append(json.loads(json.dumps(lead)))
+        state.searches["lofty"] += 1
+        if not out:
+            self._send(404, {"code": "LEAD_NOT_EXIST", "message": "no lead matches"})
+            return
+        self._send(200, {"leads": out, "_metadata": {"total": len(out)}})
 
     def _lofty_write(self, rec, body):
         """Create (rec None) or update (merge into rec)."""
@@ -1190,7 +1254,7 @@ class Handler(BaseHTTPRequestHandler):
                 new = {"api": "lofty", "id": lead_id, "method": self.command,
                        "path": self._rec["path"], "body": self._rec["body"], "json": obj,
                        "headers": self._rec["headers"], "received": self._rec["received"],
-                       "state": lead, "updates": []}
+                       "state": lead, "updates": [], "created_mono": time.monotonic()}
                 state.lofty_by_id[lead_id] = new
             state.add_lead("lofty", new)
         else:
@@ -1286,6 +1350,9 @@ class Handler(BaseHTTPRequestHandler):
 
         if sub == "/health" and method == "GET":
             self._send(200, {"ok": True})
+        elif sub == "/state" and method == "GET":
+            with state.lock:
+                self._send(200, {"searches": dict(state.searches)})
         elif sub in ("/leads", "/requests") and method == "GET":
             apis = api_param()
             if apis is None:
