@@ -86,10 +86,11 @@ static void retry_deliver(void *arg, const json_t *job, const char *target, cons
     }
     unknown = outbox_attempt_unknown(entry);
     if (unknown && t->ops->build_lookup != NULL) {
-        /* An interrupted attempt may have made the lead; an API that persists asynchronously
-         * shows it in a search only after a while: ask once that has passed. */
+        /* An interrupted attempt may have made the lead, and may even still be in flight; an
+         * API that persists asynchronously shows it in a search only after a while: ask once
+         * that has passed, on the wall clock (a real request is being waited for). */
         long long since = json_integer_value(json_object_get(entry, "unknown_since"));
-        long long wait = since + t->ops->lookup_settle - ctx->now;
+        long long wait = since + t->ops->lookup_settle(t->state) - (long long)time(NULL);
 
         if (wait > 0) {
             result->outcome = DELIVERY_TRANSIENT;

@@ -19,12 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "crypto.h"
 #include "outbox_store.h"
 
 struct outbox {
+    char *dir; /* the spool directory, or NULL */
     const struct outbox_store_ops *ops;
     struct outbox_store *st;
     struct outbox_conf conf;
@@ -282,9 +284,24 @@ struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, stru
 {
     const struct outbox_store_ops *ops = NULL;
     struct outbox_store *st;
+    struct outbox *ob;
 
     st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
-    return st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
+    ob = st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
+    if (ob != NULL) {
+        ob->dir = strdup(dir);
+        if (ob->dir == NULL) {
+            lb_fail(err, LB_ERR_NOMEM, "out of memory");
+            outbox_close(ob);
+            return NULL;
+        }
+    }
+    return ob;
+}
+
+const char *outbox_dir(const struct outbox *ob)
+{
+    return ob->dir;
 }
 
 void outbox_close(struct outbox *ob)
@@ -292,6 +309,7 @@ void outbox_close(struct outbox *ob)
     if (ob == NULL)
         return;
     ob->ops->close(ob->st);
+    free(ob->dir);
     free(ob);
 }
 
@@ -561,8 +579,10 @@ enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target, lon
 
     if (!json_is_object(entry))
         return LB_ERR_NOT_FOUND;
+    /* The wall clock, not now: it dates a real HTTP request that may still be in flight. */
+    (void)now;
     if (outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0) + 1) != LB_OK ||
-        outbox_set_int(entry, "started_at", now) != LB_OK)
+        outbox_set_int(entry, "started_at", (long long)time(NULL)) != LB_OK)
         return LB_ERR_NOMEM;
     return c->ob->ops->write(c->ob->st, c->hold, c->job, OUTBOX_QUEUED,
                              outbox_int(c->job, "next_attempt", 0), true);
@@ -1111,7 +1131,8 @@ static enum lb_err outbox_revive(json_t *job, long long now)
         st = outbox_target_status(entry);
         if (st != NULL && strcmp(st, "dead") == 0 &&
             (outbox_set_str(entry, "status", "pending") != LB_OK ||
-             outbox_set_int(entry, "attempts", 0) != LB_OK))
+             outbox_set_int(entry, "attempts", 0) != LB_OK ||
+             outbox_set_int(entry, "started", 0) != LB_OK))
             return LB_ERR_NOMEM;
     }
     return LB_OK;

@@ -35,7 +35,7 @@
  *                                  "lead_id": "<optional, for updates>",
  *                                  "status": "pending|delivered|dead", "attempts": <n>,
  *                                  "started": <n: attempts begun; > attempts while one runs>,
- *                                  "started_at": <epoch s: when the last one began>,
+ *                                  "started_at": <epoch s, wall clock: when the last began>,
  *                                  "last_attempt": <epoch s>,
  *                                  "last_error": "...", "last_status": <http status>,
  *                                  "retry_after": <s, optional>,
@@ -135,6 +135,11 @@ const char *outbox_state_name(enum outbox_state s);
 struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, struct lb_error *err);
 /* Frees ob (making every write durable first); NULL is a no-op. Claims must be ended first. */
 void outbox_close(struct outbox *ob);
+/*
+ * The spool directory (borrowed): for the spool store, the directory; for a store without one
+ * (a database), NULL. Host-local state (metrics, rate limits) lives there.
+ */
+const char *outbox_dir(const struct outbox *ob);
 /* The store's name: "spool" or "postgresql" (borrowed, static). */
 const char *outbox_store_name(const struct outbox *ob);
 struct outbox_store;
@@ -217,8 +222,9 @@ enum lb_err outbox_claim_set_response(struct outbox_claim *c, const json_t *resp
  */
 enum lb_err outbox_save(struct outbox_claim *c);
 /*
- * Marks target's next attempt started and writes the job durably (waits for the commit). Call
- * right before calling the API; outbox_record() then closes the attempt.
+ * Marks target's next attempt started (dated by the wall clock, since it dates a real request)
+ * and writes the job durably (waits for the commit). Call right before calling the API;
+ * outbox_record() then closes the attempt.
  */
 enum lb_err outbox_begin_attempt(struct outbox_claim *c, const char *target, long long now);
 /*

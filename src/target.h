@@ -68,8 +68,11 @@ struct target_ops {
      * create's outcome is unknown. LB_ERR_NOT_FOUND: the lead has nothing to search by.
      */
     enum lb_err (*build_lookup)(const void *state, const json_t *lead, struct http_call *call);
-    /* Seconds after a create before the search is sure to show it (asynchronous persistence). */
-    int lookup_settle;
+    /*
+     * Seconds after an interrupted create began before a search can be trusted: the request may
+     * still be in flight (up to the target's timeout) and the API may persist asynchronously.
+     */
+    long long (*lookup_settle)(const void *state);
 };
 
 struct target {

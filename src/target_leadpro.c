@@ -1252,6 +1252,14 @@ static enum lb_err leadpro_build_lookup(const void *state, const json_t *lead,
     return e;
 }
 
+/* See struct target_ops.lookup_settle: a request cut short may run up to the timeout. */
+static long long leadpro_lookup_settle(const void *state)
+{
+    const struct leadpro *st = state;
+
+    return (st->connect_timeout_ms + st->timeout_ms) / 1000 + 1;
+}
+
 const struct target_ops target_leadpro_ops = {
     .type = "leadpro",
     .configure = leadpro_configure,
@@ -1261,4 +1269,5 @@ const struct target_ops target_leadpro_ops = {
     .build = leadpro_build,
     .classify = leadpro_classify,
     .build_lookup = leadpro_build_lookup,
+    .lookup_settle = leadpro_lookup_settle,
 };

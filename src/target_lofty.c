@@ -883,6 +883,17 @@ static enum lb_err lofty_build_lookup(const void *state, const json_t *lead,
     return e;
 }
 
+/*
+ * See struct target_ops.lookup_settle: a request cut short may run up to the timeout, and a lead
+ * shows in a search only some seconds after it was made (asynchronous persistence).
+ */
+static long long lofty_lookup_settle(const void *state)
+{
+    const struct lofty *lf = state;
+
+    return (lf->connect_timeout_ms + lf->timeout_ms) / 1000 + 5;
+}
+
 const struct target_ops target_lofty_ops = {
     .type = "lofty",
     .configure = lofty_configure,
@@ -892,5 +903,5 @@ const struct target_ops target_lofty_ops = {
     .build = lofty_build,
     .classify = lofty_classify,
     .build_lookup = lofty_build_lookup,
-    .lookup_settle = 10,
+    .lookup_settle = lofty_lookup_settle,
 };
