@@ -91,8 +91,8 @@ static void expand_tree(json_t *v, const char *path, int level, struct diag *d)
 /* ---- The document ---- */
 
 static const char *const top_keys[] = {
-    "secret", "ref_ttl", "spool", "threads", "body_limit", "attribution", "targets", "forms",
-    "outbox", "metrics", "health", "notify", NULL,
+    "secret", "ref_ttl", "spool", "threads", "read_timeout", "body_limit", "attribution",
+    "targets", "forms", "outbox", "metrics", "health", "notify", NULL,
 };
 static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
 static const char *const form_base_keys[] = {
@@ -413,6 +413,7 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
                                       false, d));
     outbox_conf_from_json(json_object_get(c->root, "outbox"), "outbox", d, &c->outbox);
     c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
+    c->read_timeout = (int)conf_integer(c->root, "read_timeout", "", 10, 1, 600, d);
     c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
     load_attribution(c, json_object_get(c->root, "attribution"), d);
     monitor_conf_from_json(json_object_get(c->root, "metrics"), json_object_get(c->root, "health"),

@@ -55,6 +55,7 @@ struct config {
     struct outbox_conf outbox;
     size_t body_limit;       /* default for forms */
     int threads;             /* default worker threads */
+    int read_timeout;        /* seconds a FastCGI connection may take to send its request */
     struct attribution_conf attribution;
     struct monitor_conf monitor; /* "metrics" and "health" */
     struct notify_conf notify;   /* "notify" */

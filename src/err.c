@@ -16,6 +16,7 @@ static const struct {
     [LB_ERR_FORBIDDEN] = {403, "forbidden", "not allowed"},
     [LB_ERR_NOT_FOUND] = {404, "not_found", "no form at this address"},
     [LB_ERR_METHOD] = {405, "method_not_allowed", "method not allowed"},
+    [LB_ERR_CLIENT_TIMEOUT] = {408, "request_timeout", "the request did not arrive in time"},
     [LB_ERR_CONFLICT] = {409, "conflict", "conflicts with an earlier request"},
     [LB_ERR_GONE] = {410, "gone", "no longer valid"},
     [LB_ERR_LENGTH_REQUIRED] = {411, "length_required", "a Content-Length is required"},

@@ -18,6 +18,7 @@ enum lb_err {
     LB_ERR_FORBIDDEN,      /* 403 forbidden */
     LB_ERR_NOT_FOUND,      /* 404 not_found */
     LB_ERR_METHOD,         /* 405 method_not_allowed */
+    LB_ERR_CLIENT_TIMEOUT, /* 408 request_timeout: the client stalled */
     LB_ERR_CONFLICT,       /* 409 conflict */
     LB_ERR_GONE,           /* 410 gone */
     LB_ERR_LENGTH_REQUIRED,/* 411 length_required */

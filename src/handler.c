@@ -10,6 +10,7 @@
  */
 #include "handler.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,7 +146,11 @@ static enum lb_err read_body(struct job *j, body_read_fn rd, void *ctx, struct b
 
         if (want >= 0 && (long long)(want - (long long)b->len) < (long long)n)
             n = (size_t)(want - (long long)b->len);
+        errno = 0;
         got = rd(ctx, chunk, n);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT))
+            return lb_fail(err, LB_ERR_CLIENT_TIMEOUT,
+                           "the body stopped arriving before its end (read timeout)");
         if (got < 0)
             return lb_fail(err, LB_ERR_BAD_REQUEST, "the body could not be read");
         if (got == 0)

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ struct server {
     const struct config *cfg;
     struct outbox *outbox;
     int listen_fd;
+    int read_timeout;         /* seconds a connection may take to send its request */
     bool own_socket;          /* opened with -s: shutdown() may wake accept(); else it is shared */
     pthread_t accepter;       /* the worker inside FCGX_Accept_r, when in_accept */
     atomic_int in_accept;
@@ -158,9 +160,12 @@ static const char *fcgi_env(void *ctx, const char *name)
 static ssize_t fcgi_read(void *ctx, char *buf, size_t n)
 {
     int got = FCGX_GetStr(buf, n > 65536 ? 65536 : (int)n, ((FCGX_Request *)ctx)->in);
+    int err = FCGX_GetError(((FCGX_Request *)ctx)->in);
 
-    if (got < 0 || FCGX_GetError(((FCGX_Request *)ctx)->in) != 0)
+    if (got < 0 || err != 0) {
+        errno = err > 0 ? err : EIO; /* positive: the OS error, EAGAIN on our read timeout */
         return -1;
+    }
     return got;
 }
 
@@ -206,6 +211,49 @@ static void serve_one(const struct config *cfg, struct worker *w, env_get_fn env
     response_free(&res);
 }
 
+/*
+ * Accepts the next FastCGI connection on the listening socket ourselves, so that it has a read
+ * and write timeout before libfcgi reads a byte from it: a client that connects and sends
+ * nothing, or stalls its body, then costs a worker at most read_timeout seconds. Returns the fd,
+ * or -1 when stopping.
+ */
+static int accept_connection(struct server *s)
+{
+    struct timeval tv = {s->read_timeout, 0};
+    int fd = -1;
+
+    while (fd < 0) {
+        pthread_mutex_lock(&s->accept_lock);
+        s->accepter = pthread_self();
+        atomic_store(&s->in_accept, 1);
+        fd = s->stopping ? -1 : accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        atomic_store(&s->in_accept, 0);
+        pthread_mutex_unlock(&s->accept_lock);
+        if (s->stopping) {
+            if (fd >= 0)
+                (void)close(fd);
+            return -1;
+        }
+        if (fd < 0) {
+            if (errno != EINTR && errno != ECONNABORTED && errno != EPROTO &&
+                errno != EAGAIN) {
+                /* EMFILE, ENOBUFS...: back off a little instead of spinning. */
+                struct timespec pause = {0, 50 * 1000 * 1000};
+
+                log_msg(LOG_ERROR, "accept: %s", strerror(errno));
+                nanosleep(&pause, NULL);
+            }
+            continue;
+        }
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+            (void)close(fd);
+            fd = -1;
+        }
+    }
+    return fd;
+}
+
 static void *worker_main(void *arg)
 {
     struct server *s = arg;
@@ -215,27 +263,31 @@ static void *worker_main(void *arg)
     memset(&w, 0, sizeof(w));
     w.http = http_client_new();
     w.outbox = s->outbox;
-    if (w.http == NULL || FCGX_InitRequest(&req, s->listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
+    /* libfcgi never accepts by itself (listen socket -1): we hand it each connection, timed. */
+    if (w.http == NULL || FCGX_InitRequest(&req, -1, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
         log_msg(LOG_ERROR, "worker could not start");
         http_client_free(w.http);
         atomic_fetch_sub(&s->running, 1);
         return NULL;
     }
-    for (;;) {
-        int rc;
-
-        pthread_mutex_lock(&s->accept_lock);
-        s->accepter = pthread_self();
-        atomic_store(&s->in_accept, 1);
-        rc = s->stopping ? -1 : FCGX_Accept_r(&req);
-        atomic_store(&s->in_accept, 0);
-        pthread_mutex_unlock(&s->accept_lock);
-        if (rc < 0)
-            break;
+    while (!s->stopping) {
+        /* A connection the web server keeps open (fastcgi_keep_conn) is read again as it is. */
+        if (req.ipcFd < 0) {
+            req.ipcFd = accept_connection(s);
+            if (req.ipcFd < 0)
+                break;
+        }
+        req.keepConnection = 1; /* so FCGX_Accept_r's own Finish keeps the fd we gave it */
+        if (FCGX_Accept_r(&req) < 0) {
+            /* The connection sent no whole request in time (or garbage): libfcgi closed it
+             * and failed to accept on -1. Take the next one. */
+            req.ipcFd = -1;
+            continue;
+        }
         serve_one(s->cfg, &w, fcgi_env, &req, fcgi_read, &req, req.out, NULL);
         FCGX_Finish_r(&req);
     }
-    FCGX_Free(&req, 0);
+    FCGX_Free(&req, 1);
     http_client_free(w.http);
     rules_thread_cleanup();
     atomic_fetch_sub(&s->running, 1);
@@ -326,6 +378,7 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen
     s.cfg = cfg;
     s.outbox = ob;
     s.listen_fd = listen_fd;
+    s.read_timeout = cfg->read_timeout;
     s.own_socket = own_socket;
     atomic_init(&s.in_accept, 0);
     atomic_init(&s.running, threads);
