@@ -1237,16 +1237,16 @@ static enum lb_err leadpro_build_lookup(const void *state, const json_t *lead,
     int n;
 
     memset(call, 0, sizeof(*call));
-    n = snprintf(prefix, sizeof(prefix), "%s/person/leads", st->base_url);
+    n = snprintf(prefix, sizeof(prefix), "%s/person/leads", st->api.base_url);
     if (n < 0 || (size_t)n >= sizeof(prefix))
         return LB_ERR_INTERNAL;
     e = target_lookup_url(call, prefix, lead);
     if (e == LB_OK)
-        e = http_call_add_header(call, "X-API-KEY", st->api_key);
+        e = http_call_add_header(call, "X-API-KEY", st->api.credentials[0]);
     if (e == LB_OK)
         e = http_call_add_header(call, "Accept", "application/json");
-    call->connect_timeout_ms = st->connect_timeout_ms;
-    call->timeout_ms = st->timeout_ms;
+    call->connect_timeout_ms = st->api.connect_timeout_ms;
+    call->timeout_ms = st->api.timeout_ms;
     if (e != LB_OK)
         http_call_free(call);
     return e;
@@ -1257,7 +1257,7 @@ static long long leadpro_lookup_settle(const void *state)
 {
     const struct leadpro *st = state;
 
-    return (st->connect_timeout_ms + st->timeout_ms) / 1000 + 1;
+    return (st->api.connect_timeout_ms + st->api.timeout_ms) / 1000 + 1;
 }
 
 const struct target_ops target_leadpro_ops = {

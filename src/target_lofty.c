@@ -865,10 +865,10 @@ static enum lb_err lofty_build_lookup(const void *state, const json_t *lead,
     int n;
 
     memset(call, 0, sizeof(*call));
-    n = snprintf(prefix, sizeof(prefix), "%s/v1.0/leads", lf->base_url);
+    n = snprintf(prefix, sizeof(prefix), "%s/v1.0/leads", lf->api.base_url);
     if (n < 0 || (size_t)n >= sizeof(prefix))
         return LB_ERR_INTERNAL;
-    n = snprintf(auth, sizeof(auth), "%s %s", lofty_auth_schemes[lf->auth], lf->secret);
+    n = snprintf(auth, sizeof(auth), "%s %s", lofty_auth_schemes[lf->api.auth], lf->api.credentials[0]);
     if (n < 0 || (size_t)n >= sizeof(auth))
         return LB_ERR_INTERNAL;
     e = target_lookup_url(call, prefix, lead);
@@ -876,8 +876,8 @@ static enum lb_err lofty_build_lookup(const void *state, const json_t *lead,
         e = http_call_add_header(call, "Accept", "application/json");
     if (e == LB_OK)
         e = http_call_add_header(call, "Authorization", auth);
-    call->connect_timeout_ms = lf->connect_timeout_ms;
-    call->timeout_ms = lf->timeout_ms;
+    call->connect_timeout_ms = lf->api.connect_timeout_ms;
+    call->timeout_ms = lf->api.timeout_ms;
     if (e != LB_OK)
         http_call_free(call);
     return e;
@@ -891,7 +891,7 @@ static long long lofty_lookup_settle(const void *state)
 {
     const struct lofty *lf = state;
 
-    return (lf->connect_timeout_ms + lf->timeout_ms) / 1000 + 5;
+    return (lf->api.connect_timeout_ms + lf->api.timeout_ms) / 1000 + 5;
 }
 
 const struct target_ops target_lofty_ops = {
