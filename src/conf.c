@@ -84,7 +84,7 @@ void conf_check_keys(const json_t *obj, const char *path, const char *const *all
     }
 }
 
-static const char *json_type_name(const json_t *v)
+const char *conf_json_kind(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
@@ -111,7 +111,7 @@ const char *conf_string(const json_t *obj, const char *key, const char *path, co
         return dflt;
     }
     if (!json_is_string(v)) {
-        diag_add(d, p, "must be a string, not %s", json_type_name(v));
+        diag_add(d, p, "must be a string, not %s", conf_json_kind(v));
         return dflt;
     }
     if (required && json_string_length(v) == 0)
@@ -130,7 +130,7 @@ long long conf_integer(const json_t *obj, const char *key, const char *path, lon
         return dflt;
     conf_path(p, sizeof(p), path, key);
     if (!json_is_integer(v)) {
-        diag_add(d, p, "must be a whole number, not %s", json_type_name(v));
+        diag_add(d, p, "must be a whole number, not %s", conf_json_kind(v));
         return dflt;
     }
     n = json_integer_value(v);
@@ -152,7 +152,7 @@ double conf_number(const json_t *obj, const char *key, const char *path, double 
         return dflt;
     conf_path(p, sizeof(p), path, key);
     if (!json_is_number(v)) {
-        diag_add(d, p, "must be a number, not %s", json_type_name(v));
+        diag_add(d, p, "must be a number, not %s", conf_json_kind(v));
         return dflt;
     }
     n = json_number_value(v);
@@ -172,7 +172,7 @@ bool conf_bool(const json_t *obj, const char *key, const char *path, bool dflt, 
         return dflt;
     if (!json_is_boolean(v)) {
         conf_path(p, sizeof(p), path, key);
-        diag_add(d, p, "must be true or false, not %s", json_type_name(v));
+        diag_add(d, p, "must be true or false, not %s", conf_json_kind(v));
         return dflt;
     }
     return json_is_true(v);

@@ -21,6 +21,9 @@
  */
 char *conf_expand_env(const char *s, char *missing, size_t missing_size);
 
+/* What v is, for a message: "an object", "a string", "null", ... */
+const char *conf_json_kind(const json_t *v);
+
 /* Writes parent + "." + key (or parent + "[index]") into out. */
 void conf_path(char *out, size_t size, const char *parent, const char *key);
 void conf_path_index(char *out, size_t size, const char *parent, size_t index);

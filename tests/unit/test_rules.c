@@ -1,5 +1,5 @@
 /*
- * test_rules.c: unit tests for the field rules engine (src/rules.c).
+ * test_rules.c: unit tests for the field rules engine (src/rules_compile.c, src/rules_apply.c).
  *
  * Data-driven first: every directory under tests/data/rules/ is a case.
  *  - <case>/form.json (a form object), fields.json, optional attribution.json, lead.json (the
