@@ -1,6 +1,6 @@
 /*
  * fuzz_config.c: the configuration file (src/config.c, every target's configure) and the field
- * rules it compiles (src/rules.c), then applied to a submission.
+ * rules it compiles (src/rules_compile.c), then applied to a submission.
  *
  * Input: the config's JSON text, then optionally a NUL byte and a urlencoded submission (a
  * default contact-form submission when there is none). When the config loads, every form's rules
