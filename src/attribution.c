@@ -309,8 +309,8 @@ static bool ip_trusted(const struct ipaddr *a, const struct attribution_conf *co
  * parse ends the walk: what lies left of it cannot be believed, and the last trusted hop stands.
  * Writes the address in canonical form into out; false when there is none.
  */
-static bool client_ip(const struct request *r, const struct attribution_conf *conf, char *out,
-                      size_t size)
+bool attribution_client_ip(const struct request *r, const struct attribution_conf *conf,
+                           char *out, size_t size)
 {
     struct ipaddr addr, hop;
     const char *xff = r->x_forwarded_for;
@@ -530,7 +530,7 @@ json_t *attribution_extract(const struct request *r, const struct attribution_co
         e = add_pages(obj, r, cap, json_string_value(json_object_get(obj, "host")));
     if (e == LB_OK)
         e = add_first_touch(obj, r, conf, cap);
-    if (e == LB_OK && client_ip(r, conf, ip, sizeof(ip)))
+    if (e == LB_OK && attribution_client_ip(r, conf, ip, sizeof(ip)))
         e = put_clean(obj, "ip", ip, strlen(ip), cap);
     if (e == LB_OK && r->user_agent != NULL)
         e = put_clean(obj, "user_agent", r->user_agent, strlen(r->user_agent), cap);

@@ -53,4 +53,11 @@ json_t *attribution_extract(const struct request *r, const struct attribution_co
 /* Writes the lower-case "scheme://host[:port]" of an http(s) URL into out; false if it has none. */
 bool attribution_url_origin(const char *url, char *out, size_t size);
 
+/*
+ * The visitor's address as in "ip" above, written into out (INET6_ADDRSTRLEN is enough); false
+ * when there is none. Pure, like attribution_extract (the rate limits use it before the body).
+ */
+bool attribution_client_ip(const struct request *r, const struct attribution_conf *conf,
+                           char *out, size_t size);
+
 #endif

@@ -16,7 +16,10 @@
 #include "buf.h"
 #include "conf.h"
 #include "inbound.h"
+#include "guard.h"
 #include "parse.h"
+#include "quarantine.h"
+#include "ratelimit.h"
 #include "rules.h"
 #include "target.h"
 #include "verify.h"
@@ -92,8 +95,9 @@ static void expand_tree(json_t *v, const char *path, int level, struct diag *d)
 
 static const char *const top_keys[] = {
     "secret", "ref_ttl", "spool", "threads", "read_timeout", "body_limit", "attribution",
-    "targets", "forms", "outbox", "metrics", "health", "notify", NULL,
+    "targets", "forms", "outbox", "metrics", "health", "notify", "spam", NULL,
 };
+static const char *const spam_keys[] = {"retention", "shared_slots", NULL};
 static const char *const attribution_keys[] = {"cookie", "trusted_proxies", "max_value", NULL};
 static const char *const form_base_keys[] = {
     "path", "action", "targets", "origins", "success_page", "error_page", "body_limit",
@@ -215,6 +219,8 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
         allowed[n_allowed++] = inbound_form_keys[i];
     for (i = 0; visitor_form_keys[i] != NULL && n_allowed < 47; i++)
         allowed[n_allowed++] = visitor_form_keys[i];
+    for (i = 0; guard_form_keys[i] != NULL && n_allowed < 47; i++)
+        allowed[n_allowed++] = guard_form_keys[i];
     allowed[n_allowed] = NULL;
 
     f->name = strdup(name);
@@ -305,6 +311,7 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
     f->verify = verify_compile(json_object_get(obj, "verify"), p, d);
     f->inbound = inbound_compile(obj, path, d);
     f->visitor = visitor_compile(obj, path, d);
+    f->guard = guard_compile(obj, name, path, c->secret, c->dir, d);
 }
 
 static void load_targets(struct config *c, const json_t *targets, struct diag *d)
@@ -348,6 +355,23 @@ static void load_targets(struct config *c, const json_t *targets, struct diag *d
     }
 }
 
+static void load_spam(struct config *c, const json_t *obj, struct diag *d)
+{
+    c->spam_retention = QUARANTINE_RETENTION_DEFAULT;
+    c->shared_slots = RATELIMIT_SLOTS_DEFAULT;
+    if (obj == NULL)
+        return;
+    if (!json_is_object(obj)) {
+        diag_add(d, "spam", "must be an object");
+        return;
+    }
+    conf_check_keys(obj, "spam", spam_keys, d);
+    c->spam_retention = conf_integer(obj, "retention", "spam", QUARANTINE_RETENTION_DEFAULT, 0,
+                                     10LL * 365 * 86400, d);
+    c->shared_slots = (size_t)conf_integer(obj, "shared_slots", "spam", RATELIMIT_SLOTS_DEFAULT,
+                                           1024, 16 * 1024 * 1024, d);
+}
+
 static void load_attribution(struct config *c, const json_t *obj, struct diag *d)
 {
     const char *path = "attribution";
@@ -380,6 +404,18 @@ static void load_attribution(struct config *c, const json_t *obj, struct diag *d
         (size_t)conf_integer(obj, "max_value", path, 512, 16, 4096, d);
 }
 
+/* The directory of file ("." when it has none): relative file names in the config start there. */
+static char *config_dir_of(const char *file)
+{
+    const char *slash = strrchr(file, '/');
+
+    if (slash == NULL)
+        return strdup(".");
+    if (slash == file)
+        return strdup("/");
+    return strndup(file, (size_t)(slash - file));
+}
+
 struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d)
 {
     struct config *c;
@@ -392,6 +428,7 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
     if (c == NULL)
         return NULL;
     c->file = strdup(file);
+    c->dir = config_dir_of(file);
     c->root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (c->root == NULL) {
         diag_add_at(d, jerr.line, jerr.column, "%s", jerr.text);
@@ -412,6 +449,7 @@ struct config *config_load_text(const char *file, const char *text, size_t len, 
     c->spool_dir = strdup(conf_string(c->root, "spool", "", LOCALSTATEDIR "/spool/leadbridge",
                                       false, d));
     outbox_conf_from_json(json_object_get(c->root, "outbox"), "outbox", d, &c->outbox);
+    load_spam(c, json_object_get(c->root, "spam"), d);
     c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
     c->read_timeout = (int)conf_integer(c->root, "read_timeout", "", 10, 1, 600, d);
     c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
@@ -520,6 +558,7 @@ void config_free(struct config *c)
         free(f->webhook_secret);
         verify_free(f->verify);
         inbound_free(f->inbound);
+        guard_free(f->guard);
     }
     free(c->forms);
     for (i = 0; i < c->n_targets; i++) {
@@ -535,6 +574,7 @@ void config_free(struct config *c)
     free(c->secret);
     free(c->spool_dir);
     free(c->file);
+    free(c->dir);
     json_decref(c->root);
     free(c);
 }

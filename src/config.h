@@ -22,6 +22,7 @@
 #include "outbox.h"
 
 struct inbound;
+struct guard;
 struct ruleset;
 struct target;
 struct verify;
@@ -45,14 +46,18 @@ struct form {
     struct verify *verify;   /* inbound signature or secret check; NULL: none */
     struct inbound *inbound; /* event id, host and parsing limits for builders' posts */
     struct visitor_form *visitor; /* consent and display (visitor.h); never NULL once loaded */
+    struct guard *guard;     /* spam guards and rate limits (guard.h); never NULL after load */
 };
 
 struct config {
     char *file;
+    char *dir;               /* the file's directory: relative file names start there */
     char *secret;            /* HMAC key for lead references */
     long long ref_ttl;       /* seconds a lead reference stays valid */
     char *spool_dir;         /* the outbox (default LOCALSTATEDIR/spool/leadbridge) */
     struct outbox_conf outbox;
+    long long spam_retention; /* seconds quarantined spam is kept ("spam.retention") */
+    size_t shared_slots;     /* slots of the shared rate-limit table ("spam.shared_slots") */
     size_t body_limit;       /* default for forms */
     int threads;             /* default worker threads */
     int read_timeout;        /* seconds a FastCGI connection may take to send its request */

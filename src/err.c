@@ -32,6 +32,7 @@ static const struct {
     [LB_ERR_UNAUTHORIZED] = {401, "unauthorized", "the signature or credentials did not check"},
     [LB_ERR_TOO_MANY_FIELDS] = {400, "too_many_fields", "more fields than this form takes"},
     [LB_ERR_TOO_DEEP] = {400, "too_deep", "nested deeper than this form takes"},
+    [LB_ERR_RATE_LIMITED] = {429, "rate_limited", "too many posts; please try again later"},
 };
 
 int lb_err_status(enum lb_err code)

@@ -34,6 +34,7 @@ enum lb_err {
     LB_ERR_UNAUTHORIZED,   /* 401 unauthorized: a builder's signature or secret did not check */
     LB_ERR_TOO_MANY_FIELDS,/* 400 too_many_fields: more fields (JSON values) than the form takes */
     LB_ERR_TOO_DEEP,       /* 400 too_deep: nested deeper than the form takes */
+    LB_ERR_RATE_LIMITED,   /* 429 rate_limited: too many posts; Retry-After says when */
     LB_ERR__MAX
 };
 

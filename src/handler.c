@@ -1,10 +1,12 @@
 /*
  * handler.c: one request from environment and body to a struct response (see handler.h).
  *
- * The order is fixed and each step may answer early: route → method → origin → size → body →
- * builder's signature (verify) → parse → attribution (+ the form's host) → rules → (update:
- * reference) → target validation → duplicates (builder's event id, Idempotency-Key, content
- * fingerprint) → the job on disk (outbox) → delivery now → response.
+ * The order is fixed and each step may answer early: route (a form, or a form's /token) → origin
+ * → method → rate limits (429) → size → body → builder's signature (verify) → parse → guard
+ * controls taken out → attribution (+ the form's host) → rules → (update: reference) → target
+ * validation → spam verdict (spam: quarantine, answered like a queued lead) → duplicates
+ * (builder's event id, Idempotency-Key, content fingerprint) → the job on disk (outbox) →
+ * delivery now → response.
  * What the request path cannot deliver stays in the outbox for the retry worker.
  * Nothing personal is logged: the log record gets the form name, status and outcome only.
  */
@@ -21,11 +23,13 @@
 #include "attribution.h"
 #include "crypto.h"
 #include "inbound.h"
+#include "guard.h"
 #include "leadref.h"
 #include "metrics.h"
 #include "monitor.h"
 #include "outbox.h"
 #include "recall.h"
+#include "quarantine.h"
 #include "rules.h"
 #include "target.h"
 #include "verify.h"
@@ -49,6 +53,7 @@ struct job {
     json_t *refused;                    /* targets whose documented limits refuse the lead */
     char update_lead_id[64];
     char event_id[INBOUND_EVENT_ID_MAX + 1]; /* the builder's event id; "": none */
+    struct guard_controls controls;     /* lb_token, altcha, captcha, honeypot: not lead data */
 };
 
 static double now_ms(void)
@@ -600,6 +605,127 @@ static void replay(struct job *j, enum target_action action, const char *existin
     answer_error(j, out, LB_ERR_CONFLICT, "the same submission is still being processed", NULL);
 }
 
+/* The outbox job for this submission: every target in play with the lead. NULL: no memory. */
+static json_t *job_new(struct job *j, enum target_action action, long long now)
+{
+    json_t *job = outbox_job_new(j->submission_id, j->form->name, now);
+
+    for (size_t i = 0; job != NULL && i < j->form->n_targets; i++) {
+        const struct target *t = j->form->targets[i];
+
+        if (!target_in_play(j, i))
+            continue;
+        if (outbox_job_add_target(job, t->name, target_action_name(action), j->lead,
+                                  action == TARGET_UPDATE ? j->update_lead_id : NULL) != LB_OK) {
+            json_decref(job);
+            job = NULL;
+        }
+    }
+    return job;
+}
+
+/*
+ * Spam: the job goes to the quarantine (durably, never to a target) and the page gets what a
+ * person whose lead waits in the outbox gets (202 "queued", or the success page), unless the form
+ * says "answer": "refuse" (422). The log line says outcome "spam" and the reason, nothing else.
+ */
+static void quarantine_spam(struct job *j, enum target_action action, const char *why,
+                            struct response *out, struct log_record *rec)
+{
+    long long now = (long long)time(NULL);
+    json_t *job = job_new(j, action, now), *targets = json_object(), *refs = json_object();
+    struct lb_error err = {LB_OK, ""};
+    enum lb_err e;
+    const char *name;
+    json_t *v;
+
+    rec->outcome = "spam";
+    rec->reason = why;
+    e = job == NULL ? LB_ERR_NOMEM
+        : j->w->quarantine == NULL ? lb_fail(&err, LB_ERR_UNAVAILABLE, "no quarantine")
+                                   : quarantine_put(j->w->quarantine, job, why, now, &err);
+    if (e != LB_OK) {
+        log_msg(LOG_ERROR, "quarantine: %s", err.message);
+        answer_error(j, out, LB_ERR_UNAVAILABLE,
+                     "the submission could not be stored; please try again", NULL);
+        goto out;
+    }
+    if (!guard_answer_queued(j->form->guard)) {
+        answer_error(j, out, LB_ERR_REJECTED, "this submission was not accepted", NULL);
+        goto out;
+    }
+    json_object_foreach(json_object_get(job, "targets"), name, v)
+        json_object_set_new(targets, name, json_string("queued"));
+    answer_delivery(j, action, "queued", targets, refs, NULL, NULL, out);
+out:
+    json_decref(targets);
+    json_decref(refs);
+    json_decref(job);
+}
+
+/* The spam verdict for this post (NULL: clean); see guard_verdict. */
+static const char *spam_verdict(struct job *j)
+{
+    struct guard_request gr;
+
+    memset(&gr, 0, sizeof(gr));
+    gr.controls = &j->controls;
+    gr.fields = j->req.fields;
+    gr.lead = j->lead;
+    gr.ip = json_string_value(json_object_get(j->attribution, "ip"));
+    gr.rl = j->w->limits;
+    gr.http = j->w->dry_run ? NULL : j->w->http;
+    gr.now_ms = wall_ms();
+    return guard_verdict(j->form->guard, &gr);
+}
+
+/*
+ * GET <form path>/token: a signed form token, the honeypot's name and a challenge, as JSON, or
+ * with ?format=html as hidden inputs for an SSI include. Never cached (Cache-Control: no-store).
+ */
+static bool serve_token(struct job *j, const struct config *cfg, struct response *out,
+                        struct log_record *rec)
+{
+    size_t n = strlen(j->req.path);
+    char form_path[1024];
+
+    if (n <= 6 || n - 6 >= sizeof(form_path) || strcmp(j->req.path + n - 6, "/token") != 0)
+        return false;
+    memcpy(form_path, j->req.path, n - 6);
+    form_path[n - 6] = '\0';
+    j->form = config_find_form(cfg, form_path);
+    if (j->form == NULL)
+        return false;
+    rec->form = j->form->name;
+    rec->outcome = "token";
+    if (j->req.origin != NULL && !origin_allowed(j->form, j->req.origin)) {
+        rec->outcome = "origin_refused";
+        response_error(out, LB_ERR_FORBIDDEN, "this site may not use this form");
+        return true;
+    }
+    if (j->req.origin != NULL && j->form->n_origins > 0)
+        out->allow_origin = strdup(j->req.origin);
+    if (j->req.method != METHOD_GET && j->req.method != METHOD_HEAD) {
+        rec->outcome = "method_not_allowed";
+        response_error(out, LB_ERR_METHOD, "the token is fetched with GET");
+        out->allow = "GET, HEAD";
+        return true;
+    }
+    if (strcmp(j->req.query, "format=html") == 0) {
+        char *html = guard_token_html(j->form->guard, wall_ms());
+
+        if (html != NULL)
+            response_text(out, 200, "text/html; charset=utf-8", html);
+        else
+            response_error(out, LB_ERR_INTERNAL, "no token could be made");
+        return true;
+    }
+    response_json(out, 200, guard_token_json(j->form->guard, wall_ms()));
+    if (out->body == NULL)
+        response_error(out, LB_ERR_INTERNAL, "no token could be made");
+    return true;
+}
+
 /*
  * "fp:" + SHA-256 over the form, the client (address and whether it takes JSON or a redirect, so a
  * replay has the form the client expects) and the lead: the same content from the same client.
@@ -626,10 +752,12 @@ static void fingerprint(const struct job *j, enum target_action action, char *ou
  * Accepts the submission durably, then delivers it: duplicate checks (Idempotency-Key, content
  * fingerprint) → the job on disk (outbox_put) → claim → deliver now → first answer stored → job
  * filed (done, queued for retry, or dead). Nothing is answered "accepted" before the job is on
- * disk.
+ * disk. replayed (a "token_replayed"-style verdict, or NULL): the post reused a single-use token;
+ * a repeat of an earlier submission (a double click) is answered as one, anything else is spam.
  */
 static void accept_and_deliver(struct job *j, enum target_action action, const struct buf *body,
-                               struct response *out, struct log_record *rec)
+                               const char *replayed, struct response *out,
+                               struct log_record *rec)
 {
     struct outbox *ob = j->w->outbox;
     long long now = (long long)time(NULL);
@@ -693,22 +821,19 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         replay(j, action, existing, out, rec);
         return;
     }
+    if (replayed != NULL) {
+        if (idem[0] != '\0')
+            outbox_release_key(ob, idem, j->submission_id);
+        if (e == LB_OK)
+            outbox_release_key(ob, fp, j->submission_id);
+        quarantine_spam(j, action, replayed, out, rec);
+        return;
+    }
 
-    job = outbox_job_new(j->submission_id, j->form->name, now);
+    job = job_new(j, action, now);
     /* Due later than now: the background worker leaves it to this request unless we die. */
     if (job != NULL)
         json_object_set_new(job, "next_attempt", json_integer(now + 30));
-    for (size_t i = 0; job != NULL && i < j->form->n_targets; i++) {
-        const struct target *t = j->form->targets[i];
-
-        if (!target_in_play(j, i))
-            continue;
-        if (outbox_job_add_target(job, t->name, target_action_name(action), j->lead,
-                                  action == TARGET_UPDATE ? j->update_lead_id : NULL) != LB_OK) {
-            json_decref(job);
-            job = NULL;
-        }
-    }
     /* Delivered at once below: a crash during that makes the retry ask the API first. */
     if (job != NULL && outbox_job_mark_started(job) != LB_OK) {
         json_decref(job);
@@ -854,6 +979,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     double start = now_ms();
     enum target_action action;
     bool monitoring = false;
+    const char *spam;
 
     memset(&j, 0, sizeof(j));
     j.cfg = cfg;
@@ -877,7 +1003,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
     j.form = config_find_form(cfg, j.req.path);
-    if (j.form == NULL && serve_form_extra(&j, out, rec))
+    if (j.form == NULL && (serve_form_extra(&j, out, rec) || serve_token(&j, cfg, out, rec)))
         goto out;
     if (j.form == NULL) {
         rec->outcome = "not_found";
@@ -909,6 +1035,22 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
 
+    if (j.req.method == METHOD_POST && !w->dry_run) {
+        char ip[64];
+        long long wait;
+        const char *why;
+
+        if (!guard_rate_ok(j.form->guard, w->limits,
+                           attribution_client_ip(&j.req, &cfg->attribution, ip, sizeof(ip)) ? ip
+                                                                                           : NULL,
+                           wall_ms(), &wait, &why)) {
+            rec->outcome = "rate_limited";
+            rec->reason = why;
+            response_error(out, LB_ERR_RATE_LIMITED, "too many posts; please try again later");
+            out->retry_after = wait;
+            goto out;
+        }
+    }
     if (j.req.method == METHOD_POST) {
         e = read_body(&j, read_fn, read_ctx, &body, &err);
         if (e != LB_OK) {
@@ -936,6 +1078,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
 
+    guard_take_controls(j.form->guard, j.req.fields, &j.controls);
     j.attribution = attribution_extract(&j.req, &cfg->attribution);
     if (j.attribution != NULL &&
         inbound_set_host(j.form->inbound, j.req.fields, j.attribution) != LB_OK) {
@@ -971,8 +1114,9 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
             json_decref(params);
         }
         response_json(out, 200,
-                      json_pack("{s:b,s:s,s:O,s:O,s:O}", "ok", 1, "form", j.form->name, "fields",
-                                j.req.fields, "attribution", j.attribution, "lead", j.lead));
+                      json_pack("{s:b,s:s,s:O,s:O,s:O,s:s?}", "ok", 1, "form", j.form->name,
+                                "fields", j.req.fields, "attribution", j.attribution, "lead",
+                                j.lead, "spam", spam_verdict(&j)));
         goto out;
     }
 
@@ -1001,8 +1145,9 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     if (w->dry_run) {
         rec->outcome = "dry_run";
         response_json(out, 200,
-                      json_pack("{s:b,s:b,s:O,s:o}", "ok", 1, "dry_run", 1, "lead", j.lead,
-                                "payloads", dry_run_payloads(&j, action)));
+                      json_pack("{s:b,s:b,s:O,s:o,s:s?}", "ok", 1, "dry_run", 1, "lead", j.lead,
+                                "payloads", dry_run_payloads(&j, action), "spam",
+                                spam_verdict(&j)));
         if (out->body != NULL && json_object_size(j.refused) > 0)
             json_object_set(out->body, "refused", j.refused);
         goto out;
@@ -1011,7 +1156,12 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         response_error(out, LB_ERR_UNAVAILABLE, "no outbox: the spool could not be opened");
         goto out;
     }
-    accept_and_deliver(&j, action, &body, out, rec);
+    spam = spam_verdict(&j);
+    if (spam != NULL && strstr(spam, "_replayed") == NULL) {
+        quarantine_spam(&j, action, spam, out, rec);
+        goto out;
+    }
+    accept_and_deliver(&j, action, &body, spam, out, rec);
 out:
     if (out->body == NULL && out->text == NULL && out->location == NULL && out->status != 204)
         response_error(out, LB_ERR_NOMEM, NULL);
@@ -1024,5 +1174,6 @@ out:
     json_decref(j.lead);
     json_decref(j.errors);
     json_decref(j.refused);
+    guard_controls_free(&j.controls);
     request_free(&j.req);
 }

@@ -22,10 +22,14 @@ typedef ssize_t (*body_read_fn)(void *ctx, char *buf, size_t n);
 
 /* What one worker thread owns. */
 struct outbox;
+struct quarantine;
+struct ratelimit;
 
 struct worker {
     struct http_client *http;
     struct outbox *outbox; /* shared by every worker; NULL only for --dry-run */
+    struct quarantine *quarantine; /* spam kept for a person; NULL only for --dry-run */
+    struct ratelimit *limits;      /* shared buckets and single-use marks; NULL: not checked */
     bool dry_run;       /* build everything, send nothing, answer with the payloads */
     char request_id[17]; /* the current request's id (for the log record) */
     char detail[256];    /* the current request's log detail (our words only) */

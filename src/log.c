@@ -69,6 +69,8 @@ void log_request(const struct log_record *rec)
                     "request_id", rec->request_id != NULL ? rec->request_id : "", "form",
                     rec->form, "method", rec->method, "status", rec->status, "duration_ms",
                     rec->duration_ms, "outcome", rec->outcome);
+    if (obj != NULL && rec->reason != NULL)
+        json_object_set_new(obj, "reason", json_string(rec->reason));
     if (obj != NULL && rec->detail != NULL)
         json_object_set_new(obj, "detail", json_string(rec->detail));
     emit(obj);

@@ -16,6 +16,7 @@ struct log_record {
     double duration_ms;
     const char *outcome;   /* "echo", "created", "queued", "invalid_fields", ... */
     const char *detail;    /* optional, our words only */
+    const char *reason;    /* optional: why a post was called spam or limited (our word) */
 };
 
 void log_set_level(enum log_level level);

@@ -34,14 +34,23 @@
 #include "monitor.h"
 #include "notify.h"
 #include "outbox.h"
+#include "quarantine.h"
+#include "ratelimit.h"
 #include "rules.h"
 #include "target.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/leadbridge/leadbridge.json"
 
+/* What the spool holds besides the outbox: spam in quarantine, the shared rate-limit table. */
+struct spool_extras {
+    struct quarantine *quarantine;
+    struct ratelimit *limits;
+};
+
 struct server {
     const struct config *cfg;
     struct outbox *outbox;
+    const struct spool_extras *extras;
     int listen_fd;
     int read_timeout;         /* seconds a connection may take to send its request */
     bool own_socket;          /* opened with -s: shutdown() may wake accept(); else it is shared */
@@ -132,6 +141,9 @@ static void *retry_main(void *arg)
 
         memset(&st, 0, sizeof(st));
         ctx.now = now;
+        if (s->extras->quarantine != NULL &&
+            quarantine_expire(s->extras->quarantine, now) != LB_OK)
+            log_msg(LOG_WARN, "quarantine: the retention pass could not read the spool");
         if (outbox_run(s->outbox, now, retry_deliver, &ctx, 64, &st) == LB_OK) {
             log_run_stats(&st);
             if (st.next_due >= 0 && st.next_due - now < wait)
@@ -263,6 +275,8 @@ static void *worker_main(void *arg)
     memset(&w, 0, sizeof(w));
     w.http = http_client_new();
     w.outbox = s->outbox;
+    w.quarantine = s->extras->quarantine;
+    w.limits = s->extras->limits;
     /* libfcgi never accepts by itself (listen socket -1): we hand it each connection, timed. */
     if (w.http == NULL || FCGX_InitRequest(&req, -1, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
         log_msg(LOG_ERROR, "worker could not start");
@@ -365,8 +379,9 @@ static int open_listen_socket(const char *spec)
     return fd;
 }
 
-static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen_fd,
-                         bool own_socket, int threads)
+static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
+                         const struct spool_extras *extras, int listen_fd, bool own_socket,
+                         int threads)
 {
     struct sigaction wake;
     struct server s;
@@ -377,6 +392,7 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen
     memset(&s, 0, sizeof(s));
     s.cfg = cfg;
     s.outbox = ob;
+    s.extras = extras;
     s.listen_fd = listen_fd;
     s.read_timeout = cfg->read_timeout;
     s.own_socket = own_socket;
@@ -432,13 +448,16 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob, int listen
 }
 
 /* Plain CGI (and --dry-run): one request from the environment and stdin. */
-static int serve_cgi(const struct config *cfg, struct outbox *ob, bool dry_run)
+static int serve_cgi(const struct config *cfg, struct outbox *ob,
+                     const struct spool_extras *extras, bool dry_run)
 {
     struct worker w;
 
     memset(&w, 0, sizeof(w));
     w.dry_run = dry_run;
     w.outbox = ob;
+    w.quarantine = extras->quarantine;
+    w.limits = extras->limits;
     if (!dry_run) {
         w.http = http_client_new();
         if (w.http == NULL)
@@ -490,8 +509,80 @@ static void print_summary(const json_t *j)
     putchar('\n');
 }
 
+/* leadbridge queue spam list|show ID|release ID|--all|purge ID|--all|--older-than DAYS */
+static int spam_command(struct outbox *ob, struct quarantine *q, int argc, char **argv,
+                        const struct queue_opts *o)
+{
+    const char *cmd = argc > 0 ? argv[0] : "list";
+    const char *id = argc > 1 ? argv[1] : NULL;
+    json_t *j, *item;
+    size_t count = 0, i;
+    enum lb_err e;
+
+    if (id != NULL && !outbox_id_valid(id)) {
+        fprintf(stderr, "leadbridge: queue spam %s: \"%s\" is not a job id (32 hex digits)\n",
+                cmd, id);
+        return 2;
+    }
+    if (strcmp(cmd, "list") == 0 || strcmp(cmd, "show") == 0) {
+        if (strcmp(cmd, "show") == 0 && id == NULL) {
+            fprintf(stderr, "leadbridge: queue spam show takes a job id\n");
+            return 2;
+        }
+        j = id != NULL ? quarantine_show(q, id) : quarantine_list(q);
+        if (j == NULL) {
+            fprintf(stderr, "leadbridge: %s\n", id != NULL ? "no such job in quarantine"
+                                                           : "cannot read the quarantine");
+            return 1;
+        }
+        if (o->json || id != NULL) {
+            json_dumpf(j, stdout, JSON_INDENT(2));
+            putchar('\n');
+        } else {
+            json_array_foreach(j, i, item)
+                printf("%s  %-16s  %-20s  quarantined %lld\n",
+                       json_string_value(json_object_get(item, "id")),
+                       json_string_value(json_object_get(item, "form")),
+                       json_string_value(json_object_get(item, "reason")),
+                       (long long)json_integer_value(json_object_get(item, "quarantined")));
+            if (json_array_size(j) == 0)
+                printf("the quarantine is empty\n");
+        }
+        json_decref(j);
+        return 0;
+    }
+    if (strcmp(cmd, "release") == 0 && (id != NULL || o->all)) {
+        if (id != NULL) {
+            e = quarantine_release(q, ob, id, o->now);
+            count = e == LB_OK;
+        } else {
+            e = quarantine_release_all(q, ob, o->now, &count);
+        }
+        if (e != LB_OK) {
+            fprintf(stderr, "leadbridge: queue spam release: %s\n", lb_strerror(e));
+            return 1;
+        }
+        printf(o->json ? "{\"released\": %zu}\n" : "%zu job(s) released into the outbox\n",
+               count);
+        return 0;
+    }
+    if (strcmp(cmd, "purge") == 0 && (id != NULL || o->all || o->older_than_days >= 0)) {
+        e = quarantine_purge(q, id, o->all ? 0 : o->older_than_days * 86400, o->now, &count);
+        if (e != LB_OK) {
+            fprintf(stderr, "leadbridge: queue spam purge: %s\n", lb_strerror(e));
+            return 1;
+        }
+        printf(o->json ? "{\"purged\": %zu}\n" : "%zu job(s) removed from quarantine\n", count);
+        return 0;
+    }
+    fprintf(stderr, "leadbridge: queue spam takes list, show ID, release ID|--all, "
+                    "purge ID|--all|--older-than DAYS\n");
+    return 2;
+}
+
 /* Runs one queue command; returns the exit status. */
-static int queue_command(const struct config *cfg, struct outbox *ob, int argc, char **argv,
+static int queue_command(const struct config *cfg, struct outbox *ob,
+                         const struct spool_extras *extras, int argc, char **argv,
                          const struct queue_opts *o)
 {
     const char *cmd = argc > 0 ? argv[0] : "list";
@@ -499,6 +590,8 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
     size_t count = 0;
     enum lb_err e;
 
+    if (strcmp(cmd, "spam") == 0)
+        return spam_command(ob, extras->quarantine, argc - 1, argv + 1, o);
     if (strcmp(cmd, "list") == 0) {
         size_t i;
         json_t *item;
@@ -590,7 +683,7 @@ static int queue_command(const struct config *cfg, struct outbox *ob, int argc, 
         return 0;
     }
     fprintf(stderr, "leadbridge: unknown queue command \"%s\" (list, show, stats, retry, purge, "
-                    "run)\n",
+                    "run, spam)\n",
             cmd);
     return 2;
 }
@@ -640,6 +733,8 @@ static void usage(FILE *out)
             "       leadbridge queue list|show ID|stats|retry ID|retry --all|run [--json] [-c FILE]\n"
             "       leadbridge queue purge --dead|--done --older-than DAYS [-c FILE]\n"
             "       leadbridge db migrate|status [-c FILE]   (the PostgreSQL outbox's schema)\n"
+            "       leadbridge queue spam list|show ID|release ID|--all|purge ID|--all|\n"
+            "                             --older-than DAYS [--json] [-c FILE]\n"
             "\n"
             "Turns website form posts into leads in lead-management APIs. Runs as a FastCGI\n"
             "responder (own socket with -s, inherited socket on fd 0, or systemd's LISTEN_FDS)\n"
@@ -678,6 +773,7 @@ int main(int argc, char **argv)
     int threads = 0, opt, rc = 1, listen_fd = 0;
     struct config *cfg = NULL;
     struct outbox *ob = NULL;
+    struct spool_extras extras = {NULL, NULL};
     struct queue_opts qo = {false, false, false, false, -1, (long long)time(NULL)};
     bool queue = false, db = false;
     struct diag d;
@@ -770,7 +866,11 @@ int main(int argc, char **argv)
         struct lb_error err = {LB_OK, ""};
 
         ob = outbox_open(cfg->spool_dir, &cfg->outbox, &err);
-        if (ob == NULL) {
+        if (ob != NULL)
+            extras.quarantine = quarantine_open(cfg->spool_dir, cfg->spam_retention, &err);
+        if (extras.quarantine != NULL && !queue)
+            extras.limits = ratelimit_open(cfg->spool_dir, cfg->shared_slots, &err);
+        if (ob == NULL || extras.quarantine == NULL || (extras.limits == NULL && !queue)) {
             fprintf(stderr, "leadbridge: spool %s: %s\n", cfg->spool_dir, err.message);
             goto out;
         }
@@ -782,7 +882,7 @@ int main(int argc, char **argv)
         outbox_set_dead_hook(ob, notify_dead, NULL);
     }
     if (queue) {
-        rc = queue_command(cfg, ob, argc - optind, argv + optind, &qo);
+        rc = queue_command(cfg, ob, &extras, argc - optind, argv + optind, &qo);
         goto out;
     }
     if (FCGX_Init() != 0) {
@@ -790,7 +890,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (dry_run) {
-        rc = serve_cgi(cfg, NULL, true);
+        rc = serve_cgi(cfg, NULL, &extras, true);
         goto out;
     }
     if (threads == 0)
@@ -810,17 +910,19 @@ int main(int argc, char **argv)
                             "FastCGI, or see --help\n");
             goto out;
         }
-        rc = serve_cgi(cfg, ob, false);
+        rc = serve_cgi(cfg, ob, &extras, false);
         notify_drain(ob);
         goto out;
     }
     if (notify_start(ob) != LB_OK)
         log_msg(LOG_WARN, "notify: the sending thread did not start");
-    rc = serve_fastcgi(cfg, ob, listen_fd, socket_spec != NULL, threads);
+    rc = serve_fastcgi(cfg, ob, &extras, listen_fd, socket_spec != NULL, threads);
     notify_stop();
 out:
     notify_close();
     metrics_close();
+    quarantine_close(extras.quarantine);
+    ratelimit_close(extras.limits);
     outbox_close(ob);
     diag_free(&d);
     config_free(cfg);

@@ -99,8 +99,7 @@ static bool header_safe(const char *s)
     return true;
 }
 
-/* Appends s percent-encoded (RFC 3986 unreserved characters and ',' kept). */
-static enum lb_err put_encoded(struct buf *b, const char *s)
+enum lb_err response_percent_encode(struct buf *b, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
     enum lb_err e = LB_OK;
@@ -153,11 +152,11 @@ enum lb_err response_redirect(struct response *r, const char *base_url, const js
         }
         e = buf_putc(&b, sep);
         if (e == LB_OK)
-            e = put_encoded(&b, key);
+            e = response_percent_encode(&b, key);
         if (e == LB_OK)
             e = buf_putc(&b, '=');
         if (e == LB_OK)
-            e = put_encoded(&b, text);
+            e = response_percent_encode(&b, text);
         if (e != LB_OK)
             goto fail;
         sep = '&';

@@ -43,6 +43,8 @@ void response_text(struct response *r, int status, const char *content_type, cha
  */
 enum lb_err response_redirect(struct response *r, const char *base_url, const json_t *params);
 
+/* Appends s percent-encoded (RFC 3986 unreserved characters and ',' kept). */
+enum lb_err response_percent_encode(struct buf *b, const char *s);
 
 /* Writes the CGI response (Status line, headers, blank line, body unless head_only) into out. */
 enum lb_err response_serialize(const struct response *r, bool head_only, struct buf *out);
