@@ -70,7 +70,7 @@ class SiteVerify:
         self.p = subprocess.Popen(
             [sys.executable, os.path.join(harness.srcdir(), "tests", "standin", "siteverify.py"),
              "--port", str(self.port)], stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=self.log, start_new_session=True)
+            stderr=self.log, env=harness.base_env(), start_new_session=True)
         deadline = time.monotonic() + harness.START_TIMEOUT
         while time.monotonic() < deadline:
             try:
