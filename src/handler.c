@@ -641,6 +641,7 @@ static void quarantine_spam(struct job *j, enum target_action action, const char
 
     rec->outcome = "spam";
     rec->reason = why;
+    metrics_spam(j->form->name, why);
     e = job == NULL ? LB_ERR_NOMEM
         : j->w->quarantine == NULL ? lb_fail(&err, LB_ERR_UNAVAILABLE, "no quarantine")
                                    : quarantine_put(j->w->quarantine, job, why, now, &err);
@@ -1046,6 +1047,7 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
                            wall_ms(), &wait, &why)) {
             rec->outcome = "rate_limited";
             rec->reason = why;
+            metrics_spam(j.form->name, why);
             response_error(out, LB_ERR_RATE_LIMITED, "too many posts; please try again later");
             out->retry_after = wait;
             goto out;
