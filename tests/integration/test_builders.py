@@ -10,7 +10,9 @@ forged post is refused 401.
 
 End to end through nginx (a real bridge, the stand-in webhook receiver): a correctly signed post
 is delivered; a forged signature, a wrong secret, a stale timestamp and a body changed by one
-byte are each 401 and spool nothing; a retried event id makes one lead, also after a restart.
+byte are each 401 and spool nothing; a retried event id makes one lead, also after a restart;
+the lead's host is the form's or none, never nginx's Host; 4,096 fields are taken and 4,097 (or
+too deep) refused 400 with its own code, while 413 stays for a body over body_limit.
 
 `python3 test_builders.py --regen` rewrites lead.json and payload.json from the current code
 (review the diff before committing it).
@@ -239,6 +241,9 @@ class EndToEnd(unittest.TestCase):
         # The URL HubSpot signs, as the builder has it (a web server may pass Host without
         # its port, so the form names it).
         forms["hubspot-flat"]["verify"]["url"] = hubspot_url(cls.st.web_port)
+        forms["limits"] = {"path": "/lead/limits", "action": "echo"}
+        forms["limits-small"] = {"path": "/lead/limits-small", "action": "echo",
+                                 "max_fields": 10, "max_depth": 3}
         with open(cls.cfg_path, "w") as f:
             json.dump(cfg, f)
         cls.st.start()
@@ -308,6 +313,10 @@ class EndToEnd(unittest.TestCase):
                 lead = (json.loads(sent) if isinstance(sent, str) else sent)["lead"]
                 for k in ("first_name", "last_name", "email"):
                     self.assertEqual(lead[k], want[k])
+                # No Origin or Referer: the host is the form's (HubSpot's page_url) or none,
+                # never nginx's Host (127.0.0.1).
+                self.assertEqual(lead.get("host"), want.get("host"))
+                self.assertNotIn("127.0.0.1", lead.get("host", ""))
 
     def assertRefused(self, name, body, headers, reason):
         before = len(self.jobs_for(name))
@@ -349,6 +358,33 @@ class EndToEnd(unittest.TestCase):
         self.assertTrue(any("typeform verification failed: Typeform-Signature does not match"
                             in l for l in lines), lines[-5:])
         print("refusals: %.1f s" % (time.time() - t0), file=sys.stderr)
+
+    def post_json(self, path, doc):
+        return self.st.request("POST", path, body=json.dumps(doc).encode(),
+                               headers={"Content-Type": "application/json",
+                                        "Accept": "application/json"})
+
+    # Field-count and depth limits: 4,096 values by default, 4,097 and too deep refused 400
+    # with their own codes; 413 stays for a body over body_limit.
+    def test_field_limits(self):
+        many = {"f%d" % i: i for i in range(4096)}
+        r = self.post_json("/lead/limits", many)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json()["fields"]), 4096)
+        many["one_more"] = 1
+        r = self.post_json("/lead/limits", many)
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(r.json()["error"]["code"], "too_many_fields")
+        r = self.post_json("/lead/limits-small", {"f%d" % i: i for i in range(11)})
+        self.assertEqual(r.json()["error"]["code"], "too_many_fields", r)
+        self.assertIn("more than 10 fields", r.json()["error"]["message"])
+        r = self.post_json("/lead/limits-small", {"a": {"b": {"c": {"d": 1}}}})
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(r.json()["error"]["code"], "too_deep")
+        self.assertEqual(self.post_json("/lead/limits-small", {"a": {"b": 1}}).status, 200)
+        r = self.post_json("/lead/limits", {"big": "x" * 70000})
+        self.assertEqual(r.status, 413, r)
+        self.assertEqual(r.json()["error"]["code"], "body_too_large")
 
     def test_a_retried_event_id_makes_one_lead(self):
         body, headers = self.signed("tally", body=self.fresh("tally"))
