@@ -750,8 +750,8 @@ static void fingerprint(const struct job *j, enum target_action action, char *ou
 }
 
 /*
- * Accepts the submission durably, then delivers it: duplicate checks (Idempotency-Key, content
- * fingerprint) → the job on disk (outbox_put) → claim → deliver now → first answer stored → job
+ * Accepts the submission durably, then delivers it: duplicate checks (the builder's event id,
+ * else Idempotency-Key and the content fingerprint) → the job on disk (outbox_put) → claim → deliver now → first answer stored → job
  * filed (done, queued for retry, or dead). Nothing is answered "accepted" before the job is on
  * disk. replayed (a "token_replayed"-style verdict, or NULL): the post reused a single-use token;
  * a repeat of an earlier submission (a double click) is answered as one, anything else is spam.
@@ -763,6 +763,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     struct outbox *ob = j->w->outbox;
     long long now = (long long)time(NULL);
     char idem[600] = "", fp[80], existing[OUTBOX_ID_SIZE], hash_hex[2 * SHA256_DIGEST_SIZE + 1];
+    const char *hash = NULL; /* the body's hash for an Idempotency-Key; NULL: the key alone */
     bool dup = false;
     json_t *job = NULL, *record;
     struct outbox_claim *claim = NULL;
@@ -773,15 +774,6 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         /* A builder's retry carries the same event id (its body may differ, e.g. a new
          * timestamp): the key alone decides, so a repeat replays the first answer. */
         snprintf(idem, sizeof(idem), "event:%s:%.500s", j->form->name, j->event_id);
-        e = outbox_reserve_key(ob, idem, NULL, j->submission_id, now, &dup, existing);
-        if (e != LB_OK) {
-            answer_error(j, out, LB_ERR_UNAVAILABLE, "the submission could not be stored", NULL);
-            return;
-        }
-        if (dup) {
-            replay(j, action, existing, out, rec);
-            return;
-        }
     } else if (j->req.idempotency_key != NULL && j->req.idempotency_key[0] != '\0') {
         uint8_t digest[SHA256_DIGEST_SIZE];
         struct buf h;
@@ -792,8 +784,11 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         sha256(h.data != NULL ? h.data : "", h.len, digest);
         buf_free(&h);
         hex_encode(digest, sizeof(digest), hash_hex);
+        hash = hash_hex;
         snprintf(idem, sizeof(idem), "idem:%s:%.500s", j->form->name, j->req.idempotency_key);
-        e = outbox_reserve_key(ob, idem, hash_hex, j->submission_id, now, &dup, existing);
+    }
+    if (idem[0] != '\0') {
+        e = outbox_reserve_key(ob, idem, hash, j->submission_id, now, &dup, existing);
         if (e == LB_ERR_CONFLICT) {
             rec->outcome = "idempotency_conflict";
             answer_error(j, out, LB_ERR_CONFLICT,
