@@ -9,9 +9,11 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "buf.h"
 #include "conf.h"
@@ -26,6 +28,7 @@
 #include "visitor.h"
 
 #define CONFIG_MAX_SIZE (4 * 1024 * 1024)
+#define CONFIG_MAX_FILES 1000
 #define PATH_SIZE 512
 
 static const char *const form_action_names[FORM_ACTION__MAX] = {
@@ -202,8 +205,27 @@ static void check_page(const struct form *f, const char *key, const char *url, c
                        "to allow-listed sites)");
 }
 
-static void load_form(struct config *c, struct form *f, const char *name, const json_t *obj,
-                      const char *path, struct diag *d)
+/* One file of the configuration while it is loaded: its targets, secret and defaults. */
+struct site {
+    const char *file;
+    size_t first_target; /* its targets are c->targets[first_target .. + n_targets) */
+    size_t n_targets;
+    const char *secret;  /* borrowed from struct config */
+    size_t body_limit;
+};
+
+/* The target named name among the site's own (a form reaches only its own file's targets). */
+static const struct target *site_target(const struct config *c, const struct site *st,
+                                        const char *name)
+{
+    for (size_t i = st->first_target; i < st->first_target + st->n_targets; i++)
+        if (c->targets[i].name != NULL && strcmp(c->targets[i].name, name) == 0)
+            return &c->targets[i];
+    return NULL;
+}
+
+static void load_form(struct config *c, const struct site *st, struct form *f, const char *name,
+                      const json_t *obj, const char *path, struct diag *d)
 {
     const char *s;
     char p[PATH_SIZE];
@@ -266,7 +288,8 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
         check_page(f, "success_page", f->success_page, path, d);
     if (f->error_page != NULL)
         check_page(f, "error_page", f->error_page, path, d);
-    f->body_limit = (size_t)conf_integer(obj, "body_limit", path, (long long)c->body_limit, 64,
+    f->secret = st->secret;
+    f->body_limit = (size_t)conf_integer(obj, "body_limit", path, (long long)st->body_limit, 64,
                                          16 * 1024 * 1024, d);
     f->webhook_secret = dup_or_null(conf_string(obj, "webhook_secret", path, NULL, false, d));
     if (f->webhook_secret != NULL && strlen(f->webhook_secret) < 16) {
@@ -286,9 +309,9 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
 
             conf_path_index(tp, sizeof(tp), p, i);
             if (json_is_string(v))
-                t = config_find_target(c, json_string_value(v));
+                t = site_target(c, st, json_string_value(v));
             if (t == NULL)
-                diag_add(d, tp, "no target named \"%s\" under \"targets\"",
+                diag_add(d, tp, "no target named \"%s\" under \"targets\" in this file",
                          json_is_string(v) ? json_string_value(v) : "?");
             else if (f->targets != NULL)
                 f->targets[f->n_targets++] = (struct target *)t;
@@ -311,29 +334,38 @@ static void load_form(struct config *c, struct form *f, const char *name, const 
     f->verify = verify_compile(json_object_get(obj, "verify"), p, d);
     f->inbound = inbound_compile(obj, path, d);
     f->visitor = visitor_compile(obj, path, d);
-    f->guard = guard_compile(obj, name, path, c->secret, c->dir, d);
+    f->guard = guard_compile(obj, name, path, st->secret, c->dir, d);
 }
 
-static void load_targets(struct config *c, const json_t *targets, struct diag *d)
+/*
+ * Appends the targets of one file to c->targets (allocated for all files); names are unique
+ * across files (target_file[i] names the file of target i, for the message).
+ */
+static void load_targets(struct config *c, struct site *st, const json_t *targets,
+                         const char **target_file, struct diag *d)
 {
     const char *name;
     json_t *obj;
     char p[PATH_SIZE];
 
+    st->first_target = c->n_targets;
     if (targets == NULL)
         return;
     if (!json_is_object(targets)) {
         diag_add(d, "targets", "must be an object of named targets");
         return;
     }
-    c->targets = calloc(json_object_size(targets) + 1, sizeof(*c->targets));
-    if (c->targets == NULL)
-        return;
     json_object_foreach((json_t *)targets, name, obj) {
         struct target *t = &c->targets[c->n_targets];
+        const struct target *other = config_find_target(c, name);
         const char *type;
 
         conf_path(p, sizeof(p), "targets", name);
+        if (other != NULL) {
+            diag_add(d, p, "target \"%s\" is also defined in %s (names are unique across files)",
+                     name, target_file[other - c->targets]);
+            continue;
+        }
         if (!json_is_object(obj)) {
             diag_add(d, p, "a target must be an object");
             continue;
@@ -351,8 +383,10 @@ static void load_targets(struct config *c, const json_t *targets, struct diag *d
         }
         t->name = strdup(name);
         t->state = t->ops->configure(obj, p, d);
+        target_file[c->n_targets] = st->file;
         c->n_targets++;
     }
+    st->n_targets = c->n_targets - st->first_target;
 }
 
 static void load_spam(struct config *c, const json_t *obj, struct diag *d)
@@ -416,122 +450,370 @@ static char *config_dir_of(const char *file)
     return strndup(file, (size_t)(slash - file));
 }
 
-struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d)
-{
-    struct config *c;
-    json_error_t jerr;
-    json_t *forms;
-    const char *s;
-    size_t before = d->count;
+/* One file of the configuration: its name and text (for messages) and its parsed document. */
+struct doc {
+    char *file;
+    char *text;
+    size_t len;
+    json_t *root;
+};
 
-    c = calloc(1, sizeof(*c));
+/* Keys that set up the whole server: in a directory, only one file may set any of them. */
+static const char *const server_keys[] = {
+    "ref_ttl", "spool", "threads", "read_timeout", "attribution", "outbox", "spam", "metrics",
+    "health", "notify", NULL,
+};
+
+/* Points d at doc's file and text, so messages carry its name, line and column. */
+static void diag_on(struct diag *d, const struct doc *doc)
+{
+    d->file = doc->file;
+    d->text = doc->text;
+    d->text_len = doc->len;
+}
+
+/* Parses doc->text into doc->root, expands ${VAR} and checks the top-level keys. */
+static void doc_parse(struct doc *doc, struct diag *d)
+{
+    json_error_t jerr;
+
+    doc->root = json_loadb(doc->text, doc->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc->root == NULL) {
+        diag_add_at(d, jerr.line, jerr.column, "%s", jerr.text);
+        return;
+    }
+    if (!json_is_object(doc->root)) {
+        diag_add(d, "", "the configuration must be a JSON object");
+        json_decref(doc->root);
+        doc->root = NULL;
+        return;
+    }
+    expand_tree(doc->root, "", 0, d);
+    conf_check_keys(doc->root, "", top_keys, d);
+}
+
+static bool has_server_keys(const json_t *root)
+{
+    for (size_t i = 0; server_keys[i] != NULL; i++)
+        if (json_object_get(root, server_keys[i]) != NULL)
+            return true;
+    return false;
+}
+
+/* Reads the server-wide keys from root (the one file that may hold them; NULL: defaults). */
+static void load_server(struct config *c, const json_t *root, struct diag *d)
+{
+    c->ref_ttl = conf_integer(root, "ref_ttl", "", 86400, 60, 365LL * 86400, d);
+    c->spool_dir = strdup(conf_string(root, "spool", "", LOCALSTATEDIR "/spool/leadbridge",
+                                      false, d));
+    outbox_conf_from_json(json_object_get(root, "outbox"), "outbox", d, &c->outbox);
+    load_spam(c, json_object_get(root, "spam"), d);
+    c->threads = (int)conf_integer(root, "threads", "", 8, 1, 1024, d);
+    c->read_timeout = (int)conf_integer(root, "read_timeout", "", 10, 1, 600, d);
+    load_attribution(c, json_object_get(root, "attribution"), d);
+    monitor_conf_from_json(json_object_get(root, "metrics"), json_object_get(root, "health"),
+                           d, &c->monitor);
+    notify_conf_from_json(json_object_get(root, "notify"), "notify", d, &c->notify);
+}
+
+/* Reads one file's forms (after its targets); names and paths are unique across files. */
+static void load_forms(struct config *c, const struct site *st, const json_t *forms,
+                       const char **form_file, bool required, struct diag *d)
+{
+    const char *name;
+    json_t *obj;
+    char p[PATH_SIZE], pp[PATH_SIZE];
+
+    if (forms == NULL && !required)
+        return;
+    if (!json_is_object(forms) || (required && json_object_size(forms) == 0)) {
+        diag_add(d, forms == NULL ? "" : "forms", "\"forms\" must be an object with at least one form");
+        return;
+    }
+    json_object_foreach((json_t *)forms, name, obj) {
+        struct form *f = &c->forms[c->n_forms];
+
+        conf_path(p, sizeof(p), "forms", name);
+        for (size_t i = 0; i < c->n_forms; i++)
+            if (strcmp(c->forms[i].name, name) == 0)
+                diag_add(d, p, "form \"%s\" is also defined in %s (names are unique across files)",
+                         name, form_file[i]);
+        form_file[c->n_forms++] = st->file;
+        load_form(c, st, f, name, obj, p, d);
+        conf_path(pp, sizeof(pp), p, "path");
+        for (size_t i = 0; i + 1 < c->n_forms && f->path != NULL; i++)
+            if (c->forms[i].path != NULL && strcmp(c->forms[i].path, f->path) == 0) {
+                if (form_file[i] == st->file)
+                    diag_add(d, pp, "form \"%s\" already uses this path", c->forms[i].name);
+                else
+                    diag_add(d, pp, "form \"%s\" in %s already uses this path",
+                             c->forms[i].name, form_file[i]);
+            }
+        if (monitor_owns_path(&c->monitor, f->path))
+            diag_add(d, pp, "is the metrics or health path");
+        if ((f->action == FORM_UPDATE || f->action == FORM_VALUATION ||
+             f->action == FORM_CREATE) && f->secret == NULL)
+            diag_add(d, p, "forms that create or update leads need the top-level \"secret\"");
+    }
+}
+
+/*
+ * Builds the configuration from n parsed documents (one file, or each file of a directory).
+ * The server-wide keys come from the one document that has any; each document brings its own
+ * "secret" (else the server file's), "body_limit", targets and forms. Steals the roots.
+ */
+static struct config *config_build(struct doc *docs, size_t n, bool dir, const char *base,
+                                   size_t before, struct diag *d)
+{
+    struct config *c = calloc(1, sizeof(*c));
+    const char **target_file = NULL, **form_file = NULL;
+    size_t n_targets = 0, n_forms = 0, server = n;
+    const char *server_secret = NULL;
+
     if (c == NULL)
         return NULL;
-    c->file = strdup(file);
-    c->dir = config_dir_of(file);
-    c->root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (c->root == NULL) {
-        diag_add_at(d, jerr.line, jerr.column, "%s", jerr.text);
+    c->dir = strdup(base); /* relative file names (spam lists) start here */
+    c->roots = calloc(n, sizeof(*c->roots));
+    c->secrets = calloc(n, sizeof(*c->secrets));
+    if (c->roots == NULL || c->secrets == NULL)
         goto fail;
+    for (size_t i = 0; i < n; i++) {
+        c->roots[c->n_roots++] = docs[i].root;
+        docs[i].root = NULL;
+        n_targets += json_object_size(json_object_get(c->roots[i], "targets"));
+        n_forms += json_object_size(json_object_get(c->roots[i], "forms"));
+        if (!has_server_keys(c->roots[i]))
+            continue;
+        if (server == n) {
+            server = i;
+            continue;
+        }
+        diag_on(d, &docs[i]);
+        for (size_t k = 0; server_keys[k] != NULL; k++)
+            if (json_object_get(c->roots[i], server_keys[k]) != NULL)
+                diag_add(d, server_keys[k], "server-wide keys belong in one file, and %s has "
+                                            "them already", docs[server].file);
     }
-    if (!json_is_object(c->root)) {
-        diag_add(d, "", "the configuration must be a JSON object");
+    c->root = n > 0 ? c->roots[0] : NULL;
+    if (server < n)
+        diag_on(d, &docs[server]);
+    load_server(c, server < n ? c->roots[server] : NULL, d);
+    c->targets = calloc(n_targets + 1, sizeof(*c->targets));
+    c->forms = calloc(n_forms + 1, sizeof(*c->forms));
+    target_file = calloc(n_targets + 1, sizeof(*target_file));
+    form_file = calloc(n_forms + 1, sizeof(*form_file));
+    if (c->targets == NULL || c->forms == NULL || target_file == NULL || form_file == NULL)
         goto fail;
+    if (server < n) {
+        const char *s = json_string_value(json_object_get(c->roots[server], "secret"));
+
+        server_secret = s;
     }
-    expand_tree(c->root, "", 0, d);
-    conf_check_keys(c->root, "", top_keys, d);
+    for (size_t i = 0; i < n; i++) {
+        struct site st = {docs[i].file, 0, 0, NULL, 65536};
+        const json_t *root = c->roots[i];
+        const char *s;
 
-    s = conf_string(c->root, "secret", "", NULL, false, d);
-    if (s != NULL && strlen(s) < 16)
-        diag_add(d, "secret", "must be at least 16 characters (it signs lead references)");
-    c->secret = dup_or_null(s);
-    c->ref_ttl = conf_integer(c->root, "ref_ttl", "", 86400, 60, 365LL * 86400, d);
-    c->spool_dir = strdup(conf_string(c->root, "spool", "", LOCALSTATEDIR "/spool/leadbridge",
-                                      false, d));
-    outbox_conf_from_json(json_object_get(c->root, "outbox"), "outbox", d, &c->outbox);
-    load_spam(c, json_object_get(c->root, "spam"), d);
-    c->threads = (int)conf_integer(c->root, "threads", "", 8, 1, 1024, d);
-    c->read_timeout = (int)conf_integer(c->root, "read_timeout", "", 10, 1, 600, d);
-    c->body_limit = (size_t)conf_integer(c->root, "body_limit", "", 65536, 64, 16 * 1024 * 1024, d);
-    load_attribution(c, json_object_get(c->root, "attribution"), d);
-    monitor_conf_from_json(json_object_get(c->root, "metrics"), json_object_get(c->root, "health"),
-                           d, &c->monitor);
-    notify_conf_from_json(json_object_get(c->root, "notify"), "notify", d, &c->notify);
-    load_targets(c, json_object_get(c->root, "targets"), d);
-
-    forms = json_object_get(c->root, "forms");
-    if (!json_is_object(forms) || json_object_size(forms) == 0) {
-        diag_add(d, forms == NULL ? "" : "forms", "\"forms\" must be an object with at least one form");
-    } else {
-        const char *name;
-        json_t *obj;
-        char p[PATH_SIZE];
-
-        c->forms = calloc(json_object_size(forms), sizeof(*c->forms));
-        if (c->forms == NULL)
-            goto fail;
-        json_object_foreach(forms, name, obj) {
-            struct form *f = &c->forms[c->n_forms++];
-
-            conf_path(p, sizeof(p), "forms", name);
-            load_form(c, f, name, obj, p, d);
-            for (size_t i = 0; i + 1 < c->n_forms && f->path != NULL; i++)
-                if (c->forms[i].path != NULL && strcmp(c->forms[i].path, f->path) == 0) {
-                    char pp[PATH_SIZE];
-
-                    conf_path(pp, sizeof(pp), p, "path");
-                    diag_add(d, pp, "form \"%s\" already uses this path", c->forms[i].name);
-                }
-            if (monitor_owns_path(&c->monitor, f->path)) {
-                char pp[PATH_SIZE];
-
-                conf_path(pp, sizeof(pp), p, "path");
-                diag_add(d, pp, "is the metrics or health path");
-            }
-            if ((f->action == FORM_UPDATE || f->action == FORM_VALUATION ||
-                 f->action == FORM_CREATE) && c->secret == NULL)
-                diag_add(d, p, "forms that create or update leads need the top-level \"secret\"");
+        diag_on(d, &docs[i]);
+        s = conf_string(root, "secret", "", NULL, false, d);
+        if (s != NULL && strlen(s) < 16)
+            diag_add(d, "secret", "must be at least 16 characters (it signs lead references)");
+        if (s == NULL)
+            s = server_secret;
+        c->secrets[i] = dup_or_null(s);
+        st.secret = c->secrets[i];
+        st.body_limit = (size_t)conf_integer(root, "body_limit", "", 65536, 64,
+                                             16 * 1024 * 1024, d);
+        load_targets(c, &st, json_object_get(root, "targets"), target_file, d);
+        load_forms(c, &st, json_object_get(root, "forms"), form_file, !dir, d);
+        if (i == (server < n ? server : 0)) {
+            c->secret = dup_or_null(st.secret);
+            c->body_limit = st.body_limit;
         }
     }
+    if (dir && c->n_forms == 0)
+        diag_add(d, "", "no file of the directory has a form");
+    free(target_file);
+    free(form_file);
     if (d->count > before)
-        goto fail;
+        goto fail_freed;
     return c;
 fail:
+    free(target_file);
+    free(form_file);
+fail_freed:
     config_free(c);
     return NULL;
 }
 
-struct config *config_load(const char *path, struct diag *d)
+struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d)
 {
-    FILE *fp;
-    struct buf b;
+    struct doc doc = {(char *)file, (char *)text, len, NULL};
+    struct config *c = NULL;
+    size_t before = d->count;
+    const char *old_file = d->file, *old_text = d->text;
+    size_t old_len = d->text_len;
+
+    diag_on(d, &doc);
+    doc_parse(&doc, d);
+    if (doc.root != NULL) {
+        char *base = config_dir_of(file);
+
+        c = config_build(&doc, 1, false, base != NULL ? base : ".", before, d);
+        free(base);
+    }
+    json_decref(doc.root);
+    if (c != NULL)
+        c->file = strdup(file);
+    d->file = old_file;
+    d->text = old_text;
+    d->text_len = old_len;
+    return c;
+}
+
+/* Reads path whole into *out (capped). Reports to d (whose file is path). */
+static bool read_whole(const char *path, struct buf *out, struct diag *d)
+{
+    FILE *fp = fopen(path, "rb");
     char chunk[8192];
     size_t n;
-    struct config *c = NULL;
+    bool ok = true;
 
-    buf_init(&b, CONFIG_MAX_SIZE);
-    d->file = path;
-    fp = fopen(path, "rb");
     if (fp == NULL) {
         diag_add(d, "", "cannot open: %m");
+        return false;
+    }
+    while (ok && (n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
+        if (buf_append(out, chunk, n) != LB_OK) {
+            diag_add(d, "", "file is larger than %d bytes", CONFIG_MAX_SIZE);
+            ok = false;
+        }
+    if (ok && ferror(fp)) {
+        diag_add(d, "", "read error");
+        ok = false;
+    }
+    fclose(fp);
+    return ok;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The *.json files of dir (not hidden), sorted by name: a new array of new strings, or NULL. */
+static char **list_json_files(const char *dir, size_t *n, struct diag *d)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    char **names = NULL;
+    size_t cap = 0;
+
+    *n = 0;
+    if (dp == NULL) {
+        diag_add(d, "", "cannot open the directory: %m");
         return NULL;
     }
-    while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0) {
-        if (buf_append(&b, chunk, n) != LB_OK) {
-            diag_add(d, "", "file is larger than %d bytes", CONFIG_MAX_SIZE);
-            goto out;
+    while ((e = readdir(dp)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char *full;
+        struct stat st;
+
+        if (e->d_name[0] == '.' || len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
+            continue;
+        if (*n >= CONFIG_MAX_FILES) {
+            diag_add(d, "", "more than %d .json files", CONFIG_MAX_FILES);
+            break;
         }
+        full = malloc(strlen(dir) + len + 2);
+        if (full == NULL)
+            break;
+        snprintf(full, strlen(dir) + len + 2, "%s/%s", dir, e->d_name);
+        if (stat(full, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(full);
+            continue;
+        }
+        if (*n == cap) {
+            char **bigger = realloc(names, (cap * 2 + 8) * sizeof(*names));
+
+            if (bigger == NULL) {
+                free(full);
+                break;
+            }
+            names = bigger;
+            cap = cap * 2 + 8;
+        }
+        names[(*n)++] = full;
     }
-    if (ferror(fp)) {
-        diag_add(d, "", "read error");
-        goto out;
+    closedir(dp);
+    if (*n > 0)
+        qsort(names, *n, sizeof(*names), compare_names);
+    else
+        diag_add(d, "", "the directory holds no .json file");
+    return names;
+}
+
+/* A directory: each *.json file is one site (see config.h). */
+static struct config *config_load_dir(const char *path, struct diag *d)
+{
+    size_t n = 0, before = d->count;
+    char **names = list_json_files(path, &n, d);
+    struct doc *docs = n > 0 ? calloc(n, sizeof(*docs)) : NULL;
+    struct config *c = NULL;
+    bool parsed = docs != NULL;
+
+    for (size_t i = 0; docs != NULL && i < n; i++) {
+        struct buf b;
+
+        buf_init(&b, CONFIG_MAX_SIZE);
+        docs[i].file = names[i];
+        d->file = names[i];
+        d->text = NULL;
+        if (read_whole(names[i], &b, d)) {
+            docs[i].len = b.len;
+            docs[i].text = buf_steal(&b);
+            diag_on(d, &docs[i]);
+            if (docs[i].text != NULL)
+                doc_parse(&docs[i], d);
+        }
+        buf_free(&b);
+        parsed = parsed && docs[i].root != NULL;
     }
-    d->text = b.data != NULL ? b.data : "";
-    d->text_len = b.len;
-    c = config_load_text(path, d->text, b.len, d);
-out:
-    fclose(fp);
-    /* Messages are already formatted; the text is no longer needed for locating. */
+    if (parsed) /* every file is JSON: check all of it, to report every mistake at once */
+        c = config_build(docs, n, true, path, before, d);
+    for (size_t i = 0; docs != NULL && i < n; i++) {
+        json_decref(docs[i].root);
+        free(docs[i].text);
+    }
+    free(docs);
+    d->file = path; /* the names go with docs; messages are formatted already */
+    d->text = NULL;
+    d->text_len = 0;
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    if (c != NULL) {
+        c->file = strdup(path);
+        c->n_files = n;
+    }
+    return c;
+}
+
+struct config *config_load(const char *path, struct diag *d)
+{
+    struct buf b;
+    struct config *c = NULL;
+    struct stat st;
+
+    d->file = path;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return config_load_dir(path, d);
+    buf_init(&b, CONFIG_MAX_SIZE);
+    if (read_whole(path, &b, d))
+        c = config_load_text(path, b.data != NULL ? b.data : "", b.len, d);
+    if (c != NULL)
+        c->n_files = 1;
+    d->file = path;
     d->text = NULL;
     d->text_len = 0;
     buf_free(&b);
@@ -572,10 +854,15 @@ void config_free(struct config *c)
     monitor_conf_free(&c->monitor);
     notify_conf_free(&c->notify);
     free(c->secret);
+    for (i = 0; c->secrets != NULL && i < c->n_roots; i++)
+        free(c->secrets[i]);
+    free(c->secrets);
     free(c->spool_dir);
     free(c->file);
     free(c->dir);
-    json_decref(c->root);
+    for (i = 0; i < c->n_roots; i++)
+        json_decref(c->roots[i]);
+    free(c->roots);
     free(c);
 }
 

@@ -43,6 +43,7 @@ struct form {
     char *error_page;
     size_t body_limit;
     char *webhook_secret;    /* shared secret for server-to-server update calls; NULL: none */
+    const char *secret;      /* its file's "secret" for lead references (borrowed); NULL: none */
     struct verify *verify;   /* inbound signature or secret check; NULL: none */
     struct inbound *inbound; /* event id, host and parsing limits for builders' posts */
     struct visitor_form *visitor; /* consent and display (visitor.h); never NULL once loaded */
@@ -68,10 +69,21 @@ struct config {
     size_t n_targets;
     struct form *forms;
     size_t n_forms;
-    json_t *root;            /* the parsed document after ${VAR} expansion */
+    json_t *root;            /* the (first) parsed document after ${VAR} expansion */
+    json_t **roots;          /* every file's document (a directory has several) */
+    size_t n_roots;
+    char **secrets;          /* each file's secret (its own, else the server file's) */
+    size_t n_files;          /* files read: 1, or the directory's *.json files */
 };
 
-/* Loads and checks path. Returns NULL with the reasons in d (the caller prints them). */
+/*
+ * Loads and checks path: a file, or a directory whose *.json files (sorted by name; hidden files
+ * skipped) are one site each, with its own "secret", "body_limit", targets and forms; a form
+ * reaches only its own file's targets. Form and target names and form paths are unique across
+ * files, and the server-wide keys (spool, threads, ref_ttl, outbox, attribution, metrics,
+ * health, notify) may be set in one file only: a clash names both files. A file without its own
+ * secret uses the server file's. Returns NULL with the reasons in d (the caller prints them).
+ */
 struct config *config_load(const char *path, struct diag *d);
 /* Same from text in memory (tests); file names the text in messages. */
 struct config *config_load_text(const char *file, const char *text, size_t len, struct diag *d);

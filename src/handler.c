@@ -198,9 +198,9 @@ static enum lb_err resolve_update(struct job *j, struct lb_error *err)
     enum lb_err e;
 
     if (ref != NULL) {
-        if (j->cfg->secret == NULL)
+        if (j->form->secret == NULL)
             return lb_fail(err, LB_ERR_INTERNAL, "no secret configured");
-        e = leadref_verify(j->cfg->secret, ref, (long long)time(NULL), target, sizeof(target),
+        e = leadref_verify(j->form->secret, ref, (long long)time(NULL), target, sizeof(target),
                            j->update_lead_id, sizeof(j->update_lead_id));
         if (e == LB_ERR_GONE)
             return lb_fail(err, e, "this lead reference has expired; please submit the form again");
@@ -428,10 +428,10 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
                 valuation = json_incref(res.valuation);
             if (res.lead_id[0] == '\0' && action == TARGET_UPDATE)
                 snprintf(res.lead_id, sizeof(res.lead_id), "%s", j->update_lead_id);
-            if (res.lead_id[0] != '\0' && j->cfg->secret != NULL) {
+            if (res.lead_id[0] != '\0' && j->form->secret != NULL) {
                 char ref[LEADREF_MAX];
 
-                if (leadref_sign(j->cfg->secret, t->name, res.lead_id,
+                if (leadref_sign(j->form->secret, t->name, res.lead_id,
                                  (long long)time(NULL) + j->cfg->ref_ttl, ref,
                                  sizeof(ref)) == LB_OK) {
                     json_object_set_new(refs, t->name, json_string(ref));
@@ -553,8 +553,8 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
             status != NULL && strcmp(status, "delivered") == 0
                 ? (action == TARGET_UPDATE ? "updated" : "created")
                 : status != NULL && strcmp(status, "dead") == 0 ? "failed" : "queued"));
-        if (lead_id != NULL && *lead_id != '\0' && j->cfg->secret != NULL &&
-            leadref_sign(j->cfg->secret, name, lead_id, (long long)time(NULL) + j->cfg->ref_ttl,
+        if (lead_id != NULL && *lead_id != '\0' && j->form->secret != NULL &&
+            leadref_sign(j->form->secret, name, lead_id, (long long)time(NULL) + j->cfg->ref_ttl,
                          ref, sizeof(ref)) == LB_OK) {
             json_object_set_new(refs, name, json_string(ref));
             if (ref_target == NULL)

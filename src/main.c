@@ -29,6 +29,7 @@
 #include "db.h"
 #include "handler.h"
 #include "http.h"
+#include "live.h"
 #include "log.h"
 #include "metrics.h"
 #include "monitor.h"
@@ -128,7 +129,7 @@ static void log_run_stats(const struct outbox_run_stats *st)
 static void *retry_main(void *arg)
 {
     struct server *s = arg;
-    struct retry_ctx ctx = {s->cfg, http_client_new(), 0};
+    struct retry_ctx ctx = {NULL, http_client_new(), 0};
 
     if (ctx.http == NULL) {
         log_msg(LOG_ERROR, "retry worker could not start");
@@ -144,11 +145,13 @@ static void *retry_main(void *arg)
         if (s->extras->quarantine != NULL &&
             quarantine_expire(s->extras->quarantine, now) != LB_OK)
             log_msg(LOG_WARN, "quarantine: the retention pass could not read the spool");
+        ctx.cfg = live_acquire(); /* one pass on one configuration (reloads swap it) */
         if (outbox_run(s->outbox, now, retry_deliver, &ctx, 64, &st) == LB_OK) {
             log_run_stats(&st);
             if (st.next_due >= 0 && st.next_due - now < wait)
                 wait = st.next_due - now;
         }
+        live_release(ctx.cfg);
         if (st.delivered + st.retried + st.dead > 0 && wait > 0)
             wait = 0; /* more may be due: go again at once */
         clock_gettime(CLOCK_REALTIME, &until);
@@ -298,7 +301,13 @@ static void *worker_main(void *arg)
             req.ipcFd = -1;
             continue;
         }
-        serve_one(s->cfg, &w, fcgi_env, &req, fcgi_read, &req, req.out, NULL);
+        {
+            /* The request finishes on the configuration it started with, whatever SIGHUP does. */
+            const struct config *cfg = live_acquire();
+
+            serve_one(cfg, &w, fcgi_env, &req, fcgi_read, &req, req.out, NULL);
+            live_release(cfg);
+        }
         FCGX_Finish_r(&req);
     }
     FCGX_Free(&req, 1);
@@ -314,7 +323,7 @@ static void wake_handler(int sig)
     (void)sig;
 }
 
-/* Waits for SIGTERM/SIGINT/SIGHUP, then wakes every thread blocked in accept(). */
+/* Reloads the configuration on SIGHUP; on SIGTERM/SIGINT wakes every thread blocked in accept(). */
 static void *signal_main(void *arg)
 {
     struct server *s = arg;
@@ -329,6 +338,10 @@ static void *signal_main(void *arg)
     while (sigwait(&set, &sig) == 0) {
         if (sig == SIGUSR1) /* our own wake-up at normal exit */
             break;
+        if (sig == SIGHUP) {
+            live_reload(); /* logs what it did, or every mistake (the old one stays) */
+            continue;
+        }
         log_msg(LOG_INFO, "signal %d: finishing requests in flight, then stopping", sig);
         pthread_mutex_lock(&s->stop_lock);
         s->stopping = 1;
@@ -425,8 +438,13 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
         started++;
     }
     atomic_fetch_sub(&s.running, threads - started);
-    log_msg(LOG_INFO, "leadbridge %s serving FastCGI with %d threads, %zu forms", PACKAGE_VERSION,
-            started, cfg->n_forms);
+    {
+        const struct config *now = live_acquire(); /* a SIGHUP may have swapped cfg already */
+
+        log_msg(LOG_INFO, "leadbridge %s serving FastCGI with %d threads, %zu forms",
+                PACKAGE_VERSION, started, now != NULL ? now->n_forms : cfg->n_forms);
+        live_release(now);
+    }
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     if (!s.stopping) {
@@ -849,7 +867,8 @@ int main(int argc, char **argv)
         goto out;
     }
     if (check) {
-        printf("%s: ok (%zu forms, %zu targets)\n", config_path, cfg->n_forms, cfg->n_targets);
+        printf("%s: ok (%zu forms, %zu targets", config_path, cfg->n_forms, cfg->n_targets);
+        printf(cfg->n_files > 1 ? ", %zu files)\n" : ")\n", cfg->n_files);
         rc = 0;
         goto out;
     }
@@ -916,7 +935,10 @@ int main(int argc, char **argv)
     }
     if (notify_start(ob) != LB_OK)
         log_msg(LOG_WARN, "notify: the sending thread did not start");
+    live_init(cfg, config_path); /* from here on live.c owns cfg (SIGHUP swaps it) */
     rc = serve_fastcgi(cfg, ob, &extras, listen_fd, socket_spec != NULL, threads);
+    cfg = NULL;
+    live_shutdown();
     notify_stop();
 out:
     notify_close();

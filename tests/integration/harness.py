@@ -440,14 +440,18 @@ class Stack:
 
     def _start(self):
         os.makedirs(os.path.join(self.dir, "spool"), exist_ok=True)
-        self.config = os.path.join(self.dir, "leadbridge.json")
-        shutil.copyfile(self.config_src, self.config)
-        # Lists the config names by a relative path (guard.content.disposable_domains) live next
-        # to it: copy them along.
-        src_dir = os.path.dirname(self.config_src)
-        for name in os.listdir(src_dir):
-            if name.endswith(".txt"):
-                shutil.copyfile(os.path.join(src_dir, name), os.path.join(self.dir, name))
+        if os.path.isdir(self.config_src):   # a conf.d directory: one site per file
+            self.config = os.path.join(self.dir, "conf.d")
+            shutil.copytree(self.config_src, self.config)
+        else:
+            self.config = os.path.join(self.dir, "leadbridge.json")
+            shutil.copyfile(self.config_src, self.config)
+            # Lists the config names by a relative path (guard.content.disposable_domains) live
+            # next to it: copy them along.
+            src_dir = os.path.dirname(self.config_src)
+            for name in os.listdir(src_dir):
+                if name.endswith(".txt"):
+                    shutil.copyfile(os.path.join(src_dir, name), os.path.join(self.dir, name))
         if self.use_standin:
             argv = [sys.executable, os.path.join(self.src, "tests", "standin", "leadapi.py"),
                     "--port", str(self.standin_port)]
