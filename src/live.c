@@ -98,11 +98,14 @@ static void keep_restart_settings(struct config *fresh, const struct config *old
         log_msg(LOG_WARN, "reload: a new \"spool\" takes effect at the next start");
     if (fresh->threads != old->threads)
         log_msg(LOG_WARN, "reload: a new \"threads\" takes effect at the next start");
+    if (fresh->read_timeout != old->read_timeout)
+        log_msg(LOG_WARN, "reload: a new \"read_timeout\" takes effect at the next start");
     if (outbox_changed(&fresh->outbox, &old->outbox))
         log_msg(LOG_WARN, "reload: a new \"outbox\" takes effect at the next start");
     free(fresh->spool_dir);
     fresh->spool_dir = strdup(old->spool_dir);
     fresh->threads = old->threads;
+    fresh->read_timeout = old->read_timeout;
 }
 
 bool live_reload(void)
