@@ -100,6 +100,8 @@ static void keep_restart_settings(struct config *fresh, const struct config *old
         log_msg(LOG_WARN, "reload: a new \"threads\" takes effect at the next start");
     if (fresh->read_timeout != old->read_timeout)
         log_msg(LOG_WARN, "reload: a new \"read_timeout\" takes effect at the next start");
+    if (fresh->spam_retention != old->spam_retention || fresh->shared_slots != old->shared_slots)
+        log_msg(LOG_WARN, "reload: a new \"spam\" takes effect at the next start");
     if (outbox_changed(&fresh->outbox, &old->outbox))
         log_msg(LOG_WARN, "reload: a new \"outbox\" takes effect at the next start");
     free(fresh->spool_dir);
