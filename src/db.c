@@ -104,8 +104,7 @@ static void db_quiet(void *arg, const char *message)
 {
 }
 
-/* A new connection to dsn with our defaults underneath whatever dsn says. */
-static PGconn *db_connect(const char *dsn)
+PGconn *db_connect(const char *dsn)
 {
     static const char *const keys[] = {
         "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",

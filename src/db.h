@@ -41,6 +41,12 @@ struct db_pool *db_pool_open(const char *dsn, size_t max, struct lb_error *err);
 void db_pool_close(struct db_pool *p);
 
 /*
+ * A new connection of its own (not from a pool; PQfinish it), with the defaults above under
+ * whatever dsn says, and server notices silenced. Check PQstatus: it may have failed.
+ */
+PGconn *db_connect(const char *dsn);
+
+/*
  * A connection for one unit of work, waiting at most DB_ACQUIRE_WAIT_MS for a free one.
  * Returns it (give it back with db_release) or NULL with err: LB_ERR_UNAVAILABLE when the
  * database is unreachable, no connection freed up, or its schema is not DB_SCHEMA_VERSION.
