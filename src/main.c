@@ -154,6 +154,12 @@ static void *retry_main(void *arg)
         live_release(ctx.cfg);
         if (st.delivered + st.retried + st.dead > 0 && wait > 0)
             wait = 0; /* more may be due: go again at once */
+        if (outbox_can_wait(s->outbox)) {
+            /* Woken early by another host's work (NOTIFY) or by SIGTERM (outbox_wake). */
+            if (!s->stopping)
+                outbox_wait(s->outbox, (wait < 1 ? 1 : wait) * 1000);
+            continue;
+        }
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += wait < 1 ? 1 : wait;
         pthread_mutex_lock(&s->stop_lock);
@@ -347,6 +353,7 @@ static void *signal_main(void *arg)
         s->stopping = 1;
         pthread_cond_broadcast(&s->stop_cond);
         pthread_mutex_unlock(&s->stop_lock);
+        outbox_wake(s->outbox);
         FCGX_ShutdownPending();
         if (s->own_socket) {
             shutdown(s->listen_fd, SHUT_RDWR);
@@ -453,6 +460,7 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
         s.stopping = 1;
         pthread_cond_broadcast(&s.stop_cond);
         pthread_mutex_unlock(&s.stop_lock);
+        outbox_wake(s.outbox);
     }
     pthread_join(sig_tid, NULL);
     if (ob != NULL)
@@ -876,21 +884,22 @@ int main(int argc, char **argv)
         rc = db_subcommand(cfg, argc - optind, argv + optind);
         goto out;
     }
-    if (cfg->outbox.store == OUTBOX_STORE_POSTGRESQL && (queue || !dry_run)) {
-        fprintf(stderr, "leadbridge: outbox.store \"postgresql\": this build serves and queues "
-                        "from a spool only; `leadbridge db` prepares the database\n");
-        goto out;
-    }
     if (queue || (!dry_run && needs_outbox(cfg))) {
         struct lb_error err = {LB_OK, ""};
+        struct outbox_conf oc = cfg->outbox;
 
-        ob = outbox_open(cfg->spool_dir, &cfg->outbox, &err);
+        if (oc.connections == 0) /* each worker thread, the retry thread and some slack */
+            oc.connections = (size_t)(threads > 0 ? threads : cfg->threads) + 4;
+        ob = outbox_open(cfg->spool_dir, &oc, &err);
         if (ob != NULL)
             extras.quarantine = quarantine_open(cfg->spool_dir, cfg->spam_retention, &err);
         if (extras.quarantine != NULL && !queue)
             extras.limits = ratelimit_open(cfg->spool_dir, cfg->shared_slots, &err);
         if (ob == NULL || extras.quarantine == NULL || (extras.limits == NULL && !queue)) {
-            fprintf(stderr, "leadbridge: spool %s: %s\n", cfg->spool_dir, err.message);
+            if (ob == NULL && oc.store == OUTBOX_STORE_POSTGRESQL)
+                fprintf(stderr, "leadbridge: outbox (postgresql): %s\n", err.message);
+            else
+                fprintf(stderr, "leadbridge: spool %s: %s\n", cfg->spool_dir, err.message);
             goto out;
         }
         if (metrics_open(outbox_dir(ob), &err) != LB_OK)

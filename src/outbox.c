@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "crypto.h"
+#include "outbox_pg.h"
 #include "outbox_store.h"
 
 struct outbox {
@@ -88,10 +89,15 @@ static void outbox_conf_store(const json_t *obj, const char *path, struct diag *
     if (strcmp(store, "postgresql") == 0) {
         out->store = OUTBOX_STORE_POSTGRESQL;
         out->dsn = conf_string(obj, "dsn", path, NULL, true, d);
+        out->connections = (size_t)conf_integer(obj, "connections", path, 0, 1, 1024, d);
     } else if (strcmp(store, "spool") == 0) {
-        if (json_object_get(obj, "dsn") != NULL) {
-            conf_path(p, sizeof(p), path, "dsn");
-            diag_add(d, p, "only with \"store\": \"postgresql\"");
+        for (size_t i = 0; i < 2; i++) {
+            static const char *const pg_only[] = {"dsn", "connections"};
+
+            if (json_object_get(obj, pg_only[i]) != NULL) {
+                conf_path(p, sizeof(p), path, pg_only[i]);
+                diag_add(d, p, "only with \"store\": \"postgresql\"");
+            }
         }
     } else {
         conf_path(p, sizeof(p), path, "store");
@@ -104,7 +110,8 @@ void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
 {
     static const char *const keys[] = {"retry_schedule", "max_age",          "jitter",
                                        "done_retention", "dead_retention",   "duplicate_window",
-                                       "store",          "dsn",              NULL};
+                                       "store",          "dsn",              "connections",
+                                       NULL};
     const long long ten_years = 10LL * 365 * 86400;
     char p[512], ip[512];
     json_t *sched;
@@ -286,7 +293,11 @@ struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, stru
     struct outbox_store *st;
     struct outbox *ob;
 
-    st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
+    if (conf != NULL && conf->store == OUTBOX_STORE_POSTGRESQL)
+        st = outbox_pg_open(conf->dsn, conf->connections > 0 ? conf->connections : 16, &ops,
+                            err);
+    else
+        st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
     ob = st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
     if (ob != NULL) {
         ob->dir = strdup(dir);
@@ -302,6 +313,23 @@ struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, stru
 const char *outbox_dir(const struct outbox *ob)
 {
     return ob->dir;
+}
+
+bool outbox_can_wait(const struct outbox *ob)
+{
+    return ob != NULL && ob->ops->wait != NULL;
+}
+
+void outbox_wait(struct outbox *ob, long long ms)
+{
+    if (ob->ops->wait != NULL)
+        ob->ops->wait(ob->st, ms);
+}
+
+void outbox_wake(struct outbox *ob)
+{
+    if (ob != NULL && ob->ops->wake != NULL)
+        ob->ops->wake(ob->st);
 }
 
 void outbox_close(struct outbox *ob)

@@ -85,6 +85,8 @@ struct outbox_conf {
     enum outbox_store_kind store; /* "store": "spool" (default) or "postgresql" */
     const char *dsn;            /* "dsn": libpq connection string (postgresql; borrowed from
                                    the config document, NULL otherwise) */
+    size_t connections;         /* "connections": most database connections per process
+                                   (postgresql; 0: the caller picks, threads + 4) */
     long long schedule[OUTBOX_SCHEDULE_MAX]; /* seconds before retry n+1; the last one repeats */
     size_t n_schedule;                       /* >= 1 */
     long long max_age;          /* seconds from "created" after which a job goes to dead/ */
@@ -106,8 +108,9 @@ void outbox_conf_default(struct outbox_conf *c);
  * Reads the config object "outbox" (borrowed; NULL gives the defaults) found at path into *out:
  * keys "retry_schedule" (array of seconds, 1..32 entries, each 1..2592000), "max_age",
  * "jitter" (0..1), "done_retention", "dead_retention" (seconds, 0..10 years) and
- * "duplicate_window" (0..1 day), "store" ("spool" or "postgresql") and "dsn" (required with,
- * and only with, "postgresql"; borrowed from obj). Mistakes go to d and leave the default.
+ * "duplicate_window" (0..1 day), "store" ("spool" or "postgresql"), "dsn" (required with,
+ * and only with, "postgresql"; borrowed from obj) and "connections" (1..1024, postgresql).
+ * Mistakes go to d and leave the default.
  */
 void outbox_conf_from_json(const json_t *obj, const char *path, struct diag *d,
                            struct outbox_conf *out);
@@ -128,11 +131,21 @@ enum outbox_state {
 const char *outbox_state_name(enum outbox_state s);
 
 /*
- * Opens the spool at dir, creating it and its subdirectories (mode 0700) when missing, and
- * removes tmp/ files older than an hour. conf is copied (NULL: defaults). Returns a new outbox
- * (free with outbox_close) or NULL with err set.
+ * Opens the store conf chooses: the spool at dir, creating it and its subdirectories (mode
+ * 0700) when missing, and removing tmp/ files older than an hour; or the PostgreSQL database
+ * conf->dsn (its schema must be migrated; an unreachable database is not an error here).
+ * conf is copied (NULL: defaults, the spool). Returns a new outbox (free with outbox_close) or
+ * NULL with err set.
  */
 struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, struct lb_error *err);
+/*
+ * Whether the store announces new work (PostgreSQL: LISTEN/NOTIFY). If so, the retry thread
+ * sleeps in outbox_wait(): at most ms, less when another process or host made a job due now,
+ * or when outbox_wake() (async-signal-safe) was called. Without, outbox_wait returns at once.
+ */
+bool outbox_can_wait(const struct outbox *ob);
+void outbox_wait(struct outbox *ob, long long ms);
+void outbox_wake(struct outbox *ob);
 /* Frees ob (making every write durable first); NULL is a no-op. Claims must be ended first. */
 void outbox_close(struct outbox *ob);
 /*

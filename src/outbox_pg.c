@@ -55,18 +55,20 @@ struct outbox_hold {
     char lock_key[24];      /* the advisory lock's bigint, as text */
 };
 
+/* The states a row can be in (OUTBOX_ASIDE is the spool's alone). */
 static const char *const pg_state_names[OUTBOX_STATE__MAX] = {
     [OUTBOX_QUEUED] = "queued",
     [OUTBOX_DONE] = "done",
     [OUTBOX_DEAD] = "dead",
-    [OUTBOX_UNKNOWN] = "unknown",
 };
 
 static enum outbox_state pg_state_from(const char *s)
 {
-    for (int i = 0; i < OUTBOX_UNKNOWN; i++)
-        if (s != NULL && strcmp(s, pg_state_names[i]) == 0)
-            return (enum outbox_state)i;
+    static const enum outbox_state stored[] = {OUTBOX_QUEUED, OUTBOX_DONE, OUTBOX_DEAD};
+
+    for (size_t i = 0; i < sizeof(stored) / sizeof(stored[0]); i++)
+        if (s != NULL && strcmp(s, pg_state_names[stored[i]]) == 0)
+            return stored[i];
     return OUTBOX_UNKNOWN;
 }
 
@@ -295,7 +297,7 @@ static enum lb_err pg_write(struct outbox_store *st, struct outbox_hold *h, cons
     char *text;
     PGresult *r;
 
-    if (h == NULL || (unsigned)where >= OUTBOX_UNKNOWN)
+    if (h == NULL || (where != OUTBOX_QUEUED && where != OUTBOX_DONE && where != OUTBOX_DEAD))
         return LB_ERR_INTERNAL;
     text = pg_dump(job, &e);
     if (text == NULL)
@@ -436,8 +438,8 @@ static enum lb_err pg_each(struct outbox_store *st, enum outbox_state state, out
     PGresult *r;
     enum lb_err e = LB_OK;
 
-    if ((unsigned)state >= OUTBOX_UNKNOWN)
-        return LB_ERR_INTERNAL;
+    if (state != OUTBOX_QUEUED && state != OUTBOX_DONE && state != OUTBOX_DEAD)
+        return LB_OK; /* nothing is ever set aside here */
     params[0] = pg_state_names[state];
     c = db_acquire(st->pool, &err);
     if (c == NULL)

@@ -101,6 +101,13 @@ struct outbox_store_ops {
     enum lb_err (*expire)(struct outbox_store *st, long long now);
     /* Makes every write so far durable (writes done with durable false). */
     enum lb_err (*flush)(struct outbox_store *st);
+    /*
+     * Optional (NULL: the store cannot announce work; the caller polls). wait() blocks at most
+     * ms until another process or host announced work due now, or wake() was called; one
+     * thread waits at a time. wake() is async-signal-safe.
+     */
+    void (*wait)(struct outbox_store *st, long long ms);
+    void (*wake)(struct outbox_store *st);
 };
 
 /*

@@ -147,11 +147,48 @@ def post_with_timeout(st, path, data, timeout):
 
 
 class OutboxCase(unittest.TestCase):
+    """store None: the config's spool directory. test_outbox_pg runs the same classes with a
+    store object there (PostgreSQL), which rewrites the config and looks at its own tables."""
     config = "outbox.json"
+    store = None
 
     @classmethod
     def setUpClass(cls):
-        cls.st = Stack(cls.config).start()
+        config = cls.config if cls.store is None else cls.store.config(cls.config)
+        cls.st = Stack(config).start()
+
+    def stored(self, jid):
+        """Where job jid is stored: "queue", "done", "dead" or None; never in two places."""
+        if self.store is not None:
+            return self.store.state_of(jid)
+        found = [sub for sub in ("queue", "done", "dead")
+                 if os.path.exists(os.path.join(spool_dir(self.st), sub, jid + ".json"))]
+        self.assertLessEqual(len(found), 1, found)
+        return found[0] if found else None
+
+    def stored_jobs(self):
+        """Every stored job: (unreadable, set aside as corrupt, {place: JSON text} of the queued
+        and dead ones, dead places, temporary leftovers)."""
+        if self.store is not None:
+            texts = self.store.jobs(("queued", "dead"))
+            return [], [], texts, [k for k in texts if k.startswith("dead/")], 0
+        spool = spool_dir(self.st)
+        bad, corrupt, texts = [], [], {}
+        for sub in ("queue", "done", "dead", "keys"):
+            for path in glob.glob(os.path.join(spool, sub, "*")):
+                if path.endswith(".corrupt"):
+                    corrupt.append(path)
+                    continue
+                try:
+                    with open(path) as f:
+                        obj = json.load(f)
+                except (OSError, ValueError) as e:
+                    bad.append("%s: %s" % (path, e))
+                    continue
+                if sub in ("queue", "dead"):
+                    texts[path] = json.dumps(obj)
+        dead = [p for p in texts if os.sep + "dead" + os.sep in p]
+        return bad, corrupt, texts, dead, len(os.listdir(os.path.join(spool, "tmp")))
 
     @classmethod
     def tearDownClass(cls):
@@ -289,7 +326,7 @@ class Outage(OutboxCase):
         stats = queue(st, "run", now=final + 7 * HOUR)
         self.assertEqual(stats["delivered"], 0, stats)
         self.assertEqual(len(st.standin_leads("leadpro")), 3)
-        self.assertEqual(os.listdir(os.path.join(spool_dir(st), "queue")), [])
+        self.assertEqual([self.stored(j) for j in ids], ["done"] * 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +383,7 @@ class Queue(OutboxCase):
         jid = job["id"]
         self.assertEqual(job["state"], "dead", job)
         self.assertIn("office id is invalid", job["dead_reason"])
-        self.assertTrue(os.path.exists(os.path.join(spool_dir(st), "dead", jid + ".json")))
-        self.assertFalse(os.path.exists(os.path.join(spool_dir(st), "queue", jid + ".json")))
+        self.assertEqual(self.stored(jid), "dead")
         item = [x for x in queue(st, "list") if x["id"] == jid][0]
         self.assertEqual(item["state"], "dead", item)
         self.assertEqual(item["targets"]["leadpro"]["status"], "dead", item)
@@ -364,8 +400,7 @@ class Queue(OutboxCase):
         self.assertEqual(shown["state"], "queued", shown)
         self.assertEqual(shown["next_attempt"], later, shown)
         self.assertEqual(shown["targets"]["leadpro"]["status"], "pending", shown)
-        self.assertTrue(os.path.exists(os.path.join(spool_dir(st), "queue", jid + ".json")))
-        self.assertFalse(os.path.exists(os.path.join(spool_dir(st), "dead", jid + ".json")))
+        self.assertEqual(self.stored(jid), "queue")
         stats = queue(st, "run", now=later)
         self.assertEqual(stats["dead"], 1, stats)
         sent = [x for x in requests_for(st, "leadpro") if t in x["body"]]
@@ -377,7 +412,7 @@ class Queue(OutboxCase):
         purged = queue(st, "purge", "--dead", "--older-than", "0", now=later + 1)
         self.assertGreaterEqual(purged["purged"], 1, purged)
         queue(st, "show", jid, expect_rc=1)
-        self.assertFalse(os.path.exists(os.path.join(spool_dir(st), "dead", jid + ".json")))
+        self.assertIsNone(self.stored(jid))
         self.assertEqual([x for x in queue(st, "list") if x["state"] == "dead"], [])
 
     def test_idempotency_key_repeat_answers_the_same_and_makes_one_lead(self):
@@ -518,23 +553,8 @@ class Crash(OutboxCase):
             time.sleep(0.5)
         self.assertEqual(left, [], "jobs still queued after the drain")
 
-        # Every spool file that is not in tmp/ parses.
-        spool = spool_dir(st)
-        bad, corrupt, spool_text = [], [], {}
-        for sub in ("queue", "done", "dead", "keys"):
-            for path in glob.glob(os.path.join(spool, sub, "*")):
-                if path.endswith(".corrupt"):
-                    corrupt.append(path)
-                    continue
-                try:
-                    with open(path) as f:
-                        obj = json.load(f)
-                except (OSError, ValueError) as e:
-                    bad.append("%s: %s" % (path, e))
-                    continue
-                if sub in ("queue", "dead"):
-                    spool_text[path] = json.dumps(obj)
-        tmp_left = len(os.listdir(os.path.join(spool, "tmp")))
+        # Every stored job parses (spool: every file that is not in tmp/).
+        bad, corrupt, spool_text, dead, tmp_left = self.stored_jobs()
 
         # What the API holds: Leadping dedupes a repeated externalId into one lead and counts
         # the repeats; LeadPro does not, so two leads for one submission are two records there.
@@ -552,7 +572,6 @@ class Crash(OutboxCase):
                 for t, recs in by_token.items() if len(recs) > 1}
         failed = [(t, s) for t, s in subs if not (isinstance(s, int) and 200 <= s < 300)]
         failed_delivered = sum(1 for t, _ in failed if t in by_token)
-        dead = [p for p in spool_text if os.sep + "dead" + os.sep in p]
         statuses = {}
         for _, s in subs:
             statuses[s] = statuses.get(s, 0) + 1
