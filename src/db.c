@@ -288,6 +288,14 @@ void db_release(struct db_pool *p, PGconn *c)
     pthread_mutex_unlock(&p->lock);
 }
 
+void db_discard(struct db_pool *p, PGconn *c)
+{
+    if (c == NULL)
+        return;
+    PQfinish(c);
+    db_drop_slot(p, false, NULL);
+}
+
 /* Maps a failed statement's SQLSTATE (and the connection's state) to our vocabulary. */
 static enum lb_err db_classify(PGconn *c, const PGresult *r)
 {

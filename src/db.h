@@ -57,6 +57,8 @@ PGconn *db_acquire(struct db_pool *p, struct lb_error *err);
  * (the next db_acquire connects again). NULL is a no-op.
  */
 void db_release(struct db_pool *p, PGconn *c);
+/* Closes c instead of giving it back (its session holds state that must not be reused). */
+void db_discard(struct db_pool *p, PGconn *c);
 
 /*
  * Runs sql with n text parameters (values[i] may be NULL: SQL NULL). Returns the result (caller

@@ -190,10 +190,19 @@ static void pg_hold_free(struct outbox_store *st, struct outbox_hold *h, bool un
 {
     if (h == NULL)
         return;
-    if (unlock && PQstatus(h->conn) == CONNECTION_OK) {
+    if (unlock) {
         const char *params[1] = {h->lock_key};
+        PGresult *r = db_exec(h->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, params, NULL);
+        bool unlocked = r != NULL && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
 
-        (void)db_command(h->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, params, NULL);
+        PQclear(r);
+        if (!unlocked) {
+            /* A session that may still hold the lock never goes back to the pool: a later
+             * claim there would take it again (advisory locks are re-entrant). */
+            db_discard(st->pool, h->conn);
+            free(h);
+            return;
+        }
     }
     db_release(st->pool, h->conn);
     free(h);
@@ -624,7 +633,7 @@ static enum lb_err pg_flush(struct outbox_store *st)
         return err.code;
     /* A transaction with an id commits synchronously, which flushes the WAL up to its commit
      * record: every asynchronous commit before it is then on disk too. */
-    e = db_command(c, "SELECT pg_current_xact_id()", 0, NULL, &err);
+    e = db_command(c, "SELECT txid_current()", 0, NULL, &err);
     db_release(st->pool, c);
     return e;
 }

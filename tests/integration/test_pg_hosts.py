@@ -81,12 +81,21 @@ class TwoHosts(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("b", "a"):
-            st = getattr(cls, name, None)
-            if st is not None:
-                st.stop(check=False)
-        cls.pg.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        # Each host must stop cleanly on SIGTERM, with no sanitizer report in its log.
+        problems = []
+        try:
+            for name in ("b", "a"):
+                st = getattr(cls, name, None)
+                if st is not None:
+                    try:
+                        st.stop(check=True)
+                    except AssertionError as e:
+                        problems.append("host %s: %s" % (name.upper(), e))
+        finally:
+            cls.pg.stop()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        if problems:
+            raise AssertionError("; ".join(problems))
 
     def tearDown(self):
         self.a.standin_mode({"api": "all", "mode": "ok"})
