@@ -36,9 +36,8 @@ struct db_pool {
 /*
  * Migration i: from version i to i + 1. Times are seconds since the epoch (bigint) on the
  * bridge's clock, as in the spool. Claims are session-level advisory locks (pg_try_advisory_lock
- * on the job id's first 64 bits), so a worker that dies, even by SIGKILL, drops its claims with
- * its connection; FOR UPDATE SKIP LOCKED keeps workers that scan the queue at once from waiting
- * on each other.
+ * on the job id's first 64 bits) that need no table, so a worker that dies, even by SIGKILL,
+ * drops its claims with its connection (see outbox_pg.c).
  */
 static const char *const db_migration_1[] = {
     "CREATE TABLE leadbridge_outbox_jobs ("

@@ -14,8 +14,10 @@
  * - A claim is a session-level advisory lock (pg_try_advisory_lock on the id's first 64 bits) on a
  *   pooled connection that the hold keeps until released: it never waits, holds across the
  *   several commits of one delivery, and is dropped by the server when the holder's connection
- *   goes (the process died, even by SIGKILL, or its host vanished: TCP keepalives). The job row
- *   is read after the lock is taken, so the holder sees the last holder's writes.
+ *   goes (the process died, even by SIGKILL, or its host vanished: TCP keepalives). A row lock
+ *   could not be the claim: it ends at the first commit, and a delivery commits several times.
+ *   The job row is read after the lock is taken (so the holder sees the last holder's writes)
+ *   with SELECT ... FOR UPDATE SKIP LOCKED, so a claimer never waits on a row being changed.
  * - Work due now is announced with NOTIFY leadbridge_outbox (in the same transaction as the
  *   write); a retry worker waiting in pg_wait() LISTENs on its own connection and wakes at once.
  * - Every statement has its values as parameters (db_exec); nothing is spliced into SQL text.
@@ -263,10 +265,27 @@ static enum lb_err pg_claim(struct outbox_store *st, const char *id, unsigned ma
         return e;
     }
     PQclear(r);
-    /* A new statement, so a new snapshot: it sees whatever the last holder committed. */
+    /*
+     * A new statement, so a new snapshot: it sees whatever the last holder committed. SKIP
+     * LOCKED: a row another transaction is changing right now (an operator's purge, retention)
+     * is "busy", never waited for. The row lock ends with this statement (committed
+     * asynchronously: it changed nothing); the advisory lock is the claim.
+     */
     params[0] = id;
-    r = db_exec(h->conn, "SELECT state, job::text FROM leadbridge_outbox_jobs WHERE id = $1", 1,
-                params, err);
+    r = db_exec(h->conn,
+                "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))"
+                " SELECT j.state, j.job::text FROM leadbridge_outbox_jobs j, cfg"
+                " WHERE j.id = $1 FOR UPDATE OF j SKIP LOCKED",
+                1, params, err);
+    if (r != NULL && PQntuples(r) == 0) {
+        PQclear(r);
+        r = db_exec(h->conn, "SELECT 1 FROM leadbridge_outbox_jobs WHERE id = $1", 1, params,
+                    err);
+        e = r == NULL ? err->code : PQntuples(r) > 0 ? LB_ERR_CONFLICT : LB_ERR_NOT_FOUND;
+        PQclear(r);
+        pg_hold_free(st, h, true);
+        return e;
+    }
     if (r == NULL) {
         pg_hold_free(st, h, true);
         return err->code;
