@@ -294,12 +294,21 @@ static void answer_health(const struct monitor_conf *c, struct outbox *ob, struc
 
     checks = json_object();
     if (ob != NULL) {
-        ok = spool_writable(ob, why, sizeof(why));
-        json_object_set_new(checks, "spool", json_string(ok ? "writable" : "not writable"));
+        bool spool = strcmp(outbox_store_name(ob), "spool") == 0;
+
+        /* A database store is checked by reading its queue (unreachable: not known). */
+        if (spool) {
+            ok = spool_writable(ob, why, sizeof(why));
+            json_object_set_new(checks, "spool", json_string(ok ? "writable" : "not writable"));
+        }
         monitor_queue(ob, now, &q);
+        if (!spool)
+            json_object_set_new(checks, outbox_store_name(ob),
+                                json_string(q.known ? "reachable" : "unreachable"));
         if (!q.known && ok) {
             ok = false;
-            snprintf(why, sizeof(why), "the spool's queue cannot be read");
+            snprintf(why, sizeof(why), "the %s queue cannot be read",
+                     spool ? "spool's" : "database's");
         }
         if (q.known) {
             json_object_set_new(checks, "queue",

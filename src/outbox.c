@@ -19,10 +19,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "config.h"
 #include "crypto.h"
+#include "log.h"
 #include "outbox_pg.h"
 #include "outbox_store.h"
 
@@ -293,10 +295,13 @@ struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, stru
     struct outbox_store *st;
     struct outbox *ob;
 
-    if (conf != NULL && conf->store == OUTBOX_STORE_POSTGRESQL)
+    if (conf != NULL && conf->store == OUTBOX_STORE_POSTGRESQL) {
+        /* The spool directory then holds only this host's own files (metrics). */
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            log_msg(LOG_WARN, "outbox: cannot make %s: %s", dir, strerror(errno));
         st = outbox_pg_open(conf->dsn, conf->connections > 0 ? conf->connections : 16, &ops,
                             err);
-    else
+    } else
         st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
     ob = st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
     if (ob != NULL) {

@@ -114,3 +114,11 @@ class CrashOnPg(PgMixin, base.Crash):
 
 class KilledMidDeliveryOnPg(PgMixin, base.KilledMidDelivery):
     scenario = None
+
+
+class CrashLeadProOnPg(PgMixin, base.CrashLeadPro):
+    pass
+
+
+class TookTheLeadThenDiedOnPg(PgMixin, base.TookTheLeadThenDied):
+    pass
