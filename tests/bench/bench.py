@@ -10,13 +10,16 @@ a second nginx (api.conf.in) is the LeadPro API: instant, or answering after 250
      PHP peer (valuation.php on php-fpm: parse, curl the API, answer JSON; no durability),
      leadbridge's echo form, and leadbridge's durable valuation path (spool + deliver);
      best of ROUNDS interleaved rounds.
+ 1b. The same durable valuation path with the outbox in PostgreSQL (a local server started for
+     the run, fsync and synchronous_commit on), printed in the same table.
   2. 250 ms API, 256 and 1,024 clients: the bridge and the PHP peer, each 2 processes:
      req/s, p50, p99, error answers, and RSS per process sampled while the clients wait.
   3. Issue 9's goals, printed next to the figures they are about.
 
 How the bridge runs is in one place (BRIDGE_* and bridge_argv below); php-fpm's pool settings
 too (PHP_POOL). Usage: bench.py --bin LEADBRIDGE --bare BARE_FCGI [--quick] [--keep].
-Python 3 standard library only (plus wrk, nginx with the echo module, php-fpm, spawn-fcgi).
+Python 3 standard library only (plus wrk, nginx with the echo module, php-fpm, spawn-fcgi, and
+PostgreSQL's server for phase 1b).
 """
 
 import argparse
@@ -468,6 +471,58 @@ def phase_slow(a, procs, results):
                 procs.stop(stop)
 
 
+# ---- phase 1b: the same durable valuation path with the jobs in PostgreSQL (issue 14) ---------
+# One local PostgreSQL server for the run (tests/integration/pgcluster.py, Debian's postgresql
+# package) with fsync and synchronous_commit on, as in production; the schema made by
+# `leadbridge db migrate`. Bridges, front and API are phase 1's; only the outbox differs.
+
+PG_NAME = "leadbridge valuation, PostgreSQL"
+
+
+def phase_pg(a, procs, results):
+    from pgcluster import PgCluster    # tests/integration, on sys.path above
+
+    t0 = time.monotonic()
+    pg = PgCluster(fsync=True, extra_conf={"synchronous_commit": "on"}).start()
+    spool_config = a.config
+    try:
+        with open(spool_config) as f:
+            conf = json.load(f)
+        conf.setdefault("outbox", {}).update({"store": "postgresql",
+                                              "dsn": pg.create_database("bench")})
+        a.config = os.path.join(a.dir, "bench-pg.json")
+        with open(a.config, "w") as f:
+            json.dump(conf, f, indent=2)
+        p = subprocess.run([a.bin, "-c", a.config, "db", "migrate"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, env=bridge_env(a, "fast"), timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("db migrate: %s" % p.stdout.decode(errors="replace"))
+        results["pg_version"] = os.path.basename(os.path.dirname(pg.bindir))
+        results["pg_start"] = time.monotonic() - t0
+        pids = start_bridge(procs, a, "fast")
+        nginx = start_front(procs, a)
+        time.sleep(0.3)
+        check_answer(a, "/lead/valuation", b"created")
+        for rnd in range(a.rounds):
+            run_wrk(a, "/lead/valuation", FAST_CONNS, 1, "warm-pg-%d" % rnd)
+            r = run_wrk(a, "/lead/valuation", FAST_CONNS, a.duration, "pg-%d" % rnd)
+            if r["requests"] == 0:
+                raise RuntimeError("wrk measured nothing for %s:\n%s" % (PG_NAME, r["raw"]))
+            best = results["fast"].get(PG_NAME)
+            r["all"] = (best["all"] if best else []) + [r["rps"]]
+            if best is None or r["rps"] >= best["rps"]:
+                results["fast"][PG_NAME] = r
+            else:
+                best["all"] = r["all"]
+        results["pg_jobs"] = int(pg.scalar("bench", "SELECT count(*) FROM "
+                                                    "leadbridge_outbox_jobs"))
+        procs.stop(nginx)
+        procs.stop_pids(pids)
+    finally:
+        a.config = spool_config
+        pg.stop()
+
+
 # ---- the report -----------------------------------------------------------------------------
 
 def fmt_ms(v):
@@ -492,7 +547,8 @@ def report(a, results):
     f = results["fast"]
     say("-- %d connections, instant API, %d s per run, best of %d:"
         % (FAST_CONNS, a.duration, a.rounds))
-    for name in ("bare libfcgi", "PHP, no durability", "leadbridge echo", "leadbridge valuation"):
+    for name in ("bare libfcgi", "PHP, no durability", "leadbridge echo", "leadbridge valuation",
+                 PG_NAME):
         r = f.get(name)
         if r is None:
             continue
@@ -501,8 +557,12 @@ def report(a, results):
                if r["non2xx"] or r["errors"] or r["timeouts"] else "")
         rounds = ("  [rounds: %s]" % ", ".join("%.0f" % x for x in r["all"])
                   if len(r.get("all", [])) > 1 else "")
-        say("%-22s %8.0f req/s  p50 %8s  p99 %8s%s%s"
+        say("%-33s %8.0f req/s  p50 %8s  p99 %8s%s%s"
             % (name, r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]), bad, rounds))
+    if PG_NAME in f:
+        say("%-33s (phase 1b, right after: PostgreSQL %s, fsync and synchronous_commit on, "
+            "%d jobs in it afterwards)" % ("", results.get("pg_version", "?"),
+                                          results.get("pg_jobs", 0)))
     for pid, m in sorted((results.get("bridge_after") or {}).items()):
         i = (results.get("bridge_idle") or {}).get(pid)
         if m and i:
@@ -590,6 +650,9 @@ def main():
         say("1/2 %d connections, instant API (%d s per run, %d rounds) ..."
             % (FAST_CONNS, a.duration, a.rounds))
         phase_fast(a, procs, results)
+        say("1b/2 the same durable valuation path on the PostgreSQL store (%d s per run, "
+            "%d rounds) ..." % (a.duration, a.rounds))
+        phase_pg(a, procs, results)
         say("2/2 API answering in %d ms, %s clients (%d s per run) ..."
             % (API_DELAY * 1000, " and ".join(str(c) for c in SLOW_CLIENTS), a.slow_duration))
         phase_slow(a, procs, results)
