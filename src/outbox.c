@@ -305,6 +305,7 @@ struct outbox *outbox_open(const char *dir, const struct outbox_conf *conf, stru
         st = outbox_spool_open(dir, conf != NULL ? conf->tmp_max_age : 3600, &ops, err);
     ob = st != NULL ? outbox_from_store(ops, st, conf, err) : NULL;
     if (ob != NULL) {
+        ob->conf.dsn = NULL; /* borrowed from a config a reload may free; the store copied it */
         ob->dir = strdup(dir);
         if (ob->dir == NULL) {
             lb_fail(err, LB_ERR_NOMEM, "out of memory");
