@@ -542,7 +542,7 @@ static bool parse_timestamp(const char *s, long long *out)
     size_t i;
 
     for (i = 0; s[i] != '\0'; i++) {
-        if (s[i] < '0' || s[i] > '9' || i >= 16)
+        if (s[i] < '0' || s[i] > '9' || i >= 15) /* t * 1000 fits a long long */
             return false;
         n = n * 10 + (s[i] - '0');
     }

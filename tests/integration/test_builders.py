@@ -184,6 +184,20 @@ class Golden(unittest.TestCase):
         print("golden: %d builders in %.1f s" % (len(builders()), time.time() - t0),
               file=sys.stderr)
 
+    def test_malformed_json_in_a_string_is_a_field_error(self):
+        # Jotform's rawRequest cut short: 422 naming the field, never a crash or a lead.
+        d, req, body, preset = load_fixture("jotform")
+        broken = body.replace(b'"q4_email"', b'"q4_email', 1)
+        cfg_path = os.path.join(self.tmp, "jotform-broken.json")
+        with open(cfg_path, "w") as f:
+            json.dump(config_for({"jotform": preset}, os.path.join(self.tmp, "spool")), f)
+        status, out, err = dry_run(cfg_path, preset["path"], req["content_type"], broken,
+                                   req["headers"])
+        self.assertEqual(status, 422, out)
+        self.assertEqual(out["error"]["code"], "invalid_fields")
+        self.assertEqual(out["error"]["fields"]["rawRequest"], "is not valid JSON")
+        self.assertEqual(out["error"]["fields"]["email"], "is required")
+
     def test_signing_builders_refuse_forged_posts(self):
         signed = 0
         for name in builders():

@@ -163,6 +163,10 @@ Test(verify, webflow_timestamp_window)
         "HTTP_X_WEBFLOW_SIGNATURE",
         "b8f0ea83303dcb884f4113e865a1c6eea9cca1f6f6c76557e4114b2ce7f0652e",
         "HTTP_X_WEBFLOW_TIMESTAMP", "17e11", NULL};
+    static const char *const huge_ts[] = {
+        "HTTP_X_WEBFLOW_SIGNATURE",
+        "b8f0ea83303dcb884f4113e865a1c6eea9cca1f6f6c76557e4114b2ce7f0652e",
+        "HTTP_X_WEBFLOW_TIMESTAMP", "9999999999999999999", NULL};
 
     expect_ok(v, good, BODY, NOW_MS);
     expect_ok(v, upper, BODY, NOW_MS);
@@ -172,6 +176,7 @@ Test(verify, webflow_timestamp_window)
     expect_refused(v, other_ts, BODY, NOW_MS, "does not match"); /* the timestamp is signed */
     expect_refused(v, no_ts, BODY, NOW_MS, "no X-Webflow-Timestamp header");
     expect_refused(v, bad_ts, BODY, NOW_MS, "X-Webflow-Timestamp is not a whole number");
+    expect_refused(v, huge_ts, BODY, NOW_MS, "X-Webflow-Timestamp is not a whole number");
     verify_free(v);
 
     v = compile_ok("{\"scheme\": \"webflow\", \"tolerance\": 60, \"secret\": "
