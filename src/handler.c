@@ -13,6 +13,7 @@
 #include "handler.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,12 +393,14 @@ static void log_detail_add(struct worker *w, const char *target, const char *rea
 }
 
 /*
- * Delivers the claimed job to each of its targets now, recording every outcome in the claim (so
- * the outbox retries what failed transiently), and fills the answer: 200 when a target took the
- * lead, 202 "queued" when the rest will be retried, 422 when every target refused it.
+ * Records the delivery results (results[i] for target i of the form; those not in play are
+ * ignored) in the claim, so the outbox retries what failed transiently, and fills the answer: 200
+ * when a target took the lead, 202 "queued" when the rest will be retried, 422 when every target
+ * refused it.
  */
-static void deliver(struct job *j, enum target_action action, struct outbox_claim *claim,
-                    struct response *out, struct log_record *rec)
+static void summarize(struct job *j, enum target_action action, struct outbox_claim *claim,
+                      struct target_result *results, struct response *out,
+                      struct log_record *rec)
 {
     json_t *targets = json_object();
     json_t *valuation = NULL;
@@ -410,14 +413,11 @@ static void deliver(struct job *j, enum target_action action, struct outbox_clai
 
     for (size_t i = 0; i < n; i++) {
         const struct target *t = j->form->targets[i];
-        struct target_result res;
+        struct target_result res = results[i];
         char word[600];
 
         if (!target_in_play(j, i))
             continue;
-        target_result_init(&res);
-        target_deliver(t, j->w->http, action, j->lead,
-                       action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id, &res);
         if (outbox_record(claim, t->name, &res, (long long)time(NULL)) == LB_OK &&
             res.outcome == DELIVERY_OK && ++done < n)
             outbox_save(claim); /* a crash now must not deliver this target twice */
@@ -504,15 +504,16 @@ static json_t *response_record(const struct response *out)
 }
 
 /*
- * Answers a repeat whose first answer was never stored (the worker that took it died, or the job
- * was handed to the outbox): from the job's state. Delivered: 200 with the targets' outcomes and
- * references; refused: 422; waiting for a retry: 202. Returns false while the job is in flight.
+ * Answers a repeat from the job's state: when its first answer was never stored (the worker that
+ * took it died), or was "queued" and the outbox has delivered it since. Delivered: 200 with the
+ * targets' outcomes, references and valuation numbers; refused: 422; waiting for a retry: 202.
+ * Returns false while the job is in flight.
  */
 static bool answer_from_state(struct job *j, enum target_action action, const char *existing,
                               enum outbox_state state, struct response *out)
 {
     struct outbox_claim *claim = NULL;
-    json_t *rec, *targets, *refs, *t;
+    json_t *rec, *targets, *refs, *t, *valuation = NULL;
     const char *name, *ref_target = NULL;
 
     if (state != OUTBOX_QUEUED && state != OUTBOX_DONE && state != OUTBOX_DEAD)
@@ -545,8 +546,13 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
         const char *status = json_string_value(json_object_get(t, "status"));
         const char *lead_id = json_string_value(json_object_get(
             json_object_get(t, "result"), "lead_id"));
+        json_t *v = json_object_get(json_object_get(t, "result"), "valuation");
         char ref[LEADREF_MAX];
 
+        if (v == NULL)
+            v = json_object_get(t, "valuation"); /* a done record keeps the numbers here */
+        if (valuation == NULL && json_is_object(v))
+            valuation = v; /* borrowed from rec */
         if (lead_id == NULL)
             lead_id = json_string_value(json_object_get(t, "lead_id"));
         json_object_set_new(targets, name, json_string(
@@ -564,7 +570,7 @@ static bool answer_from_state(struct job *j, enum target_action action, const ch
     answer_delivery(j, action,
                     state == OUTBOX_QUEUED ? "queued"
                     : action == TARGET_UPDATE ? "updated" : "created",
-                    targets, refs, ref_target, NULL, out);
+                    targets, refs, ref_target, valuation, out);
     json_decref(targets);
     json_decref(refs);
     json_decref(rec);
@@ -587,6 +593,14 @@ static void replay(struct job *j, enum target_action action, const char *existin
         enum outbox_state state = OUTBOX_UNKNOWN;
         json_t *r = outbox_load_response(j->w->outbox, existing, &state);
 
+        /* A stored "queued" answer is stale once the outbox has delivered (or given up on)
+         * the job since: answer from what happened instead, with the real numbers. */
+        if (r != NULL && json_integer_value(json_object_get(r, "status")) == 202 &&
+            (state == OUTBOX_DONE || state == OUTBOX_DEAD) &&
+            answer_from_state(j, action, existing, state, out)) {
+            json_decref(r);
+            return;
+        }
         if (r != NULL) {
             json_t *body = json_object_get(r, "body");
             const char *loc = json_string_value(json_object_get(r, "location"));
@@ -749,6 +763,207 @@ static void fingerprint(const struct job *j, enum target_action action, char *ou
     free(text);
 }
 
+/* Delivers to each target in play now, on this thread, and summarizes. */
+static void deliver_now(struct job *j, enum target_action action, struct outbox_claim *claim,
+                        struct response *out, struct log_record *rec)
+{
+    size_t n = j->form->n_targets;
+    struct target_result *results = calloc(n + 1, sizeof(*results));
+
+    if (results == NULL) {
+        response_error(out, LB_ERR_NOMEM, NULL);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        target_result_init(&results[i]);
+        if (target_in_play(j, i))
+            target_deliver(j->form->targets[i], j->w->http, action, j->lead,
+                           action == TARGET_UPDATE ? j->update_lead_id : NULL,
+                           j->submission_id, &results[i]);
+    }
+    summarize(j, action, claim, results, out, rec);
+    free(results);
+}
+
+/* Stores the first answer in the claimed job and files it (done, queued for retry, or dead). */
+static void file_job(struct job *j, struct outbox_claim *claim, const struct response *out)
+{
+    json_t *record = response_record(out);
+
+    if (record != NULL)
+        outbox_claim_set_response(claim, record);
+    json_decref(record);
+    if (outbox_finish(claim, (long long)time(NULL), NULL) != LB_OK)
+        log_msg(LOG_ERROR, "outbox: could not file job %s", j->submission_id);
+}
+
+/*
+ * A request whose delivery waits in the event loop instead of on a worker thread. It owns the
+ * job (moved out of handler_run), the claim, the answer and the log record; the targets' calls
+ * run in parallel, and the last one to finish answers the page (worker->finish).
+ */
+struct pending {
+    struct job j;
+    enum target_action action;
+    struct outbox_claim *claim;
+    struct target_result *results;
+    size_t waiting;                  /* calls not yet answered */
+    pthread_mutex_t mu;              /* guards waiting (a call may end on the submitting thread) */
+    struct response out;
+    struct log_record rec;
+    char request_id[17];
+    char detail[256];
+    double start;
+    handler_finish_fn finish;
+    void *conn;
+};
+
+/* One target of a pending request. */
+struct pending_call {
+    struct pending *p;
+    size_t index;
+};
+
+/* Everything after delivery: summary, filing, the log record, the answer, the clean-up. */
+static void pending_complete(struct pending *p)
+{
+    struct job *j = &p->j;
+
+    summarize(j, p->action, p->claim, p->results, &p->out, &p->rec);
+    file_job(j, p->claim, &p->out);
+    if (p->out.body == NULL && p->out.text == NULL && p->out.location == NULL &&
+        p->out.status != 204)
+        response_error(&p->out, LB_ERR_NOMEM, NULL);
+    p->rec.status = p->out.status;
+    p->rec.duration_ms = now_ms() - p->start;
+    metrics_request(p->rec.form, p->rec.status, p->rec.duration_ms / 1000.0);
+    p->finish(p->conn, &p->out, &p->rec);
+    response_free(&p->out);
+    json_decref(j->attribution);
+    json_decref(j->lead);
+    json_decref(j->errors);
+    json_decref(j->refused);
+    request_free(&j->req);
+    free(p->results);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* http_done_fn: one target's answer. */
+static void pending_call_done(void *ctx, const struct http_reply *reply)
+{
+    struct pending_call *pc = ctx;
+    struct pending *p = pc->p;
+    const struct target *t = p->j.form->targets[pc->index];
+    size_t left;
+
+    target_conclude(t, p->action, p->action == TARGET_UPDATE ? p->j.update_lead_id : NULL,
+                    p->j.submission_id, reply, &p->results[pc->index]);
+    free(pc);
+    pthread_mutex_lock(&p->mu);
+    left = --p->waiting;
+    pthread_mutex_unlock(&p->mu);
+    if (left == 0)
+        pending_complete(p);
+}
+
+/*
+ * Hands the claimed job's delivery to the event loop. On success the job's contents belong to
+ * the pending request (j is emptied) and true is returned: the loop will answer. False: nothing
+ * was handed over; deliver on this thread.
+ */
+static bool defer(struct job *j, enum target_action action, struct outbox_claim *claim,
+                  struct log_record *rec)
+{
+    size_t n = j->form->n_targets, calls = 0;
+    struct pending *p = calloc(1, sizeof(*p));
+    struct http_call *built = calloc(n + 1, sizeof(*built));
+
+    if (p == NULL || built == NULL)
+        goto fail;
+    p->results = calloc(n + 1, sizeof(*p->results));
+    if (p->results == NULL)
+        goto fail;
+    /* Build every call first: once one is submitted there is no going back. */
+    for (size_t i = 0; i < n; i++) {
+        target_result_init(&p->results[i]);
+        if (target_in_play(j, i) &&
+            target_prepare(j->form->targets[i], action, j->lead,
+                           action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id,
+                           &built[i], &p->results[i]))
+            calls++;
+    }
+    if (calls == 0) {
+        for (size_t i = 0; i < n; i++)
+            target_result_clear(&p->results[i]);
+        goto fail;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    p->j = *j;
+    memset(j, 0, sizeof(*j));
+    j->cfg = p->j.cfg;
+    j->form = p->j.form;
+    j->w = p->j.w;
+    p->action = action;
+    p->claim = claim;
+    p->rec = *rec;
+    snprintf(p->request_id, sizeof(p->request_id), "%s", rec->request_id ? rec->request_id : "");
+    p->rec.request_id = p->request_id;
+    if (rec->detail != NULL) {
+        snprintf(p->detail, sizeof(p->detail), "%s", rec->detail);
+        p->rec.detail = p->detail;
+    }
+    response_init(&p->out);
+    p->start = p->j.w->start_ms;
+    p->finish = p->j.w->finish;
+    p->conn = p->j.w->conn;
+    p->waiting = calls + 1; /* + 1: held until every call is submitted */
+    p->j.w->deferred = true;
+    for (size_t i = 0; i < n; i++) {
+        struct pending_call *pc;
+
+        if (built[i].method == NULL)
+            continue;
+        pc = malloc(sizeof(*pc));
+        if (pc == NULL || http_loop_submit(p->j.w->loop, &built[i], pending_call_done, pc) !=
+                              LB_OK) {
+            /* Out of memory: this target is retried by the outbox. */
+            free(pc);
+            http_call_free(&built[i]);
+            snprintf(p->results[i].reason, sizeof(p->results[i].reason), "out of memory");
+            p->results[i].outcome = DELIVERY_TRANSIENT;
+            pthread_mutex_lock(&p->mu);
+            p->waiting--;
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        pc->p = p;
+        pc->index = i;
+    }
+    free(built);
+    /* The hold: the last call may already have ended; whoever brings waiting to 0 answers. */
+    {
+        size_t left;
+
+        pthread_mutex_lock(&p->mu);
+        left = --p->waiting;
+        pthread_mutex_unlock(&p->mu);
+        if (left == 0)
+            pending_complete(p);
+    }
+    return true;
+
+fail:
+    if (built != NULL)
+        for (size_t i = 0; i < n; i++)
+            http_call_free(&built[i]);
+    free(built);
+    if (p != NULL)
+        free(p->results);
+    free(p);
+    return false;
+}
+
 /*
  * Accepts the submission durably, then delivers it: duplicate checks (the builder's event id,
  * else Idempotency-Key and the content fingerprint) → the job on disk (outbox_put) → claim → deliver now → first answer stored → job
@@ -765,7 +980,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     char idem[600] = "", fp[80], existing[OUTBOX_ID_SIZE], hash_hex[2 * SHA256_DIGEST_SIZE + 1];
     const char *hash = NULL; /* the body's hash for an Idempotency-Key; NULL: the key alone */
     bool dup = false;
-    json_t *job = NULL, *record;
+    json_t *job = NULL;
     struct outbox_claim *claim = NULL;
     struct lb_error err = {LB_OK, ""};
     enum lb_err e = LB_OK;
@@ -856,13 +1071,10 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         response_json(out, 202, json_pack("{s:b,s:s}", "ok", 1, "status", "queued"));
         return;
     }
-    deliver(j, action, claim, out, rec);
-    record = response_record(out);
-    if (record != NULL)
-        outbox_claim_set_response(claim, record);
-    json_decref(record);
-    if (outbox_finish(claim, (long long)time(NULL), NULL) != LB_OK)
-        log_msg(LOG_ERROR, "outbox: could not file job %s", j->submission_id);
+    if (j->w->loop != NULL && j->w->finish != NULL && defer(j, action, claim, rec))
+        return; /* the event loop answers */
+    deliver_now(j, action, claim, out, rec);
+    file_job(j, claim, out);
 }
 
 /* Sets status and a text/plain body: a copy of text. */
@@ -980,6 +1192,8 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
     memset(&j, 0, sizeof(j));
     j.cfg = cfg;
     j.w = w;
+    w->deferred = false;
+    w->start_ms = start;
     buf_init(&body, 0);
     memset(rec, 0, sizeof(*rec));
     rec->outcome = "error";
@@ -1159,6 +1373,10 @@ void handler_run(const struct config *cfg, struct worker *w, env_get_fn env, voi
         goto out;
     }
     accept_and_deliver(&j, action, &body, spam, out, rec);
+    if (w->deferred) {
+        buf_free(&body); /* everything else now belongs to the event loop */
+        return;
+    }
 out:
     if (out->body == NULL && out->text == NULL && out->location == NULL && out->status != 204)
         response_error(out, LB_ERR_NOMEM, NULL);

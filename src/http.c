@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -424,16 +425,15 @@ static CURLcode http_set_method(CURL *curl, const struct http_call *call)
 }
 
 /* Applies every option of one call to the reset handle. Returns the first failure. */
-static CURLcode http_setup(struct http_client *c, const struct http_call *call,
+static CURLcode http_setup(CURL *curl, char *errbuf, const struct http_call *call,
                            struct curl_slist *headers, struct http_transfer *t)
 {
-    CURL *curl = c->curl;
     long connect_ms = call->connect_timeout_ms > 0 ? call->connect_timeout_ms
                                                    : HTTP_DEFAULT_CONNECT_MS;
     long total_ms = call->timeout_ms > 0 ? call->timeout_ms : HTTP_DEFAULT_TIMEOUT_MS;
     CURLcode rc;
 
-    rc = curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, c->errbuf);
+    rc = curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     if (rc == CURLE_OK)
@@ -479,68 +479,268 @@ static CURLcode http_setup(struct http_client *c, const struct http_call *call,
  * status; LB_ERR_TIMEOUT; or LB_ERR_UPSTREAM for every other failure (connect, TLS, a response
  * over HTTP_MAX_RESPONSE, set-up). The handle's connections are kept for the next call.
  */
-enum lb_err http_perform(struct http_client *c, const struct http_call *call,
-                         struct http_reply *reply)
+/* Empties *reply and *t before a transfer. */
+static void http_begin(struct http_reply *reply, struct http_transfer *t)
 {
-    struct http_transfer t;
-    struct curl_slist *headers = NULL;
-    CURLcode rc;
-    long status = 0;
-
     memset(reply, 0, sizeof(*reply));
     reply->retry_after = -1;
     reply->rate_limit_reset = -1;
     reply->transport = LB_OK;
-    buf_init(&t.body, HTTP_MAX_RESPONSE);
-    t.too_large = false;
-    t.retry_after = -1;
-    t.rate_limit_reset = -1;
+    buf_init(&t->body, HTTP_MAX_RESPONSE);
+    t->too_large = false;
+    t->retry_after = -1;
+    t->rate_limit_reset = -1;
+}
 
-    if (c == NULL || c->curl == NULL || call == NULL) {
+/*
+ * Checks call and prepares curl for it (reset first): the header list goes to *headers (caller
+ * frees). Returns false with reply failed when the call cannot be made.
+ */
+static bool http_prepare(CURL *curl, char *errbuf, const struct http_call *call,
+                         struct curl_slist **headers, struct http_transfer *t,
+                         struct http_reply *reply)
+{
+    CURLcode rc;
+
+    *headers = NULL;
+    if (curl == NULL || call == NULL) {
         http_fail(reply, call, LB_ERR_UPSTREAM, "no HTTP client or call", NULL);
-        goto out;
+        return false;
     }
     if (strncmp(call->url, "http://", 7) != 0 && strncmp(call->url, "https://", 8) != 0) {
         http_fail(reply, call, LB_ERR_UPSTREAM, "only http and https URLs are allowed", NULL);
-        goto out;
+        return false;
     }
-    curl_easy_reset(c->curl);
-    c->errbuf[0] = '\0';
-    headers = http_header_list(call);
-    if (headers == NULL) {
+    curl_easy_reset(curl);
+    errbuf[0] = '\0';
+    *headers = http_header_list(call);
+    if (*headers == NULL) {
         http_fail(reply, call, LB_ERR_UPSTREAM, "out of memory", NULL);
-        goto out;
+        return false;
     }
-    rc = http_setup(c, call, headers, &t);
+    rc = http_setup(curl, errbuf, call, *headers, t);
     if (rc != CURLE_OK) {
         http_fail(reply, call, LB_ERR_UPSTREAM, "request set-up failed", curl_easy_strerror(rc));
-        goto out;
+        return false;
     }
-    rc = curl_easy_perform(c->curl);
-    if (curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+    return true;
+}
+
+/* Fills *reply from a finished transfer (rc is its result). */
+static void http_conclude(CURL *curl, const char *errbuf, const struct http_call *call,
+                          CURLcode rc, struct http_transfer *t, struct http_reply *reply)
+{
+    long status = 0;
+
+    if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
         status = 0;
     reply->status = status;
-    if (t.too_large)
+    if (t->too_large)
         http_fail(reply, call, LB_ERR_UPSTREAM, "response too large", NULL);
     else if (rc != CURLE_OK)
-        http_fail_curl(reply, call, rc, c->errbuf);
+        http_fail_curl(reply, call, rc, errbuf);
     if (reply->transport != LB_OK)
-        goto out;
-    reply->retry_after = t.retry_after;
-    reply->rate_limit_reset = t.rate_limit_reset;
-    if (t.body.len > 0) {
-        reply->body_len = t.body.len;
-        reply->body = buf_steal(&t.body);
+        return;
+    reply->retry_after = t->retry_after;
+    reply->rate_limit_reset = t->rate_limit_reset;
+    if (t->body.len > 0) {
+        reply->body_len = t->body.len;
+        reply->body = buf_steal(&t->body);
         if (reply->body == NULL) {
             reply->body_len = 0;
             http_fail(reply, call, LB_ERR_UPSTREAM, "out of memory", NULL);
         }
     }
+}
 
-out:
+enum lb_err http_perform(struct http_client *c, const struct http_call *call,
+                         struct http_reply *reply)
+{
+    struct http_transfer t;
+    struct curl_slist *headers = NULL;
+
+    http_begin(reply, &t);
+    if (c != NULL && http_prepare(c->curl, c->errbuf, call, &headers, &t, reply))
+        http_conclude(c->curl, c->errbuf, call, curl_easy_perform(c->curl), &t, reply);
+    else if (c == NULL)
+        http_fail(reply, call, LB_ERR_UPSTREAM, "no HTTP client or call", NULL);
     buf_free(&t.body);
     curl_slist_free_all(headers);
     return reply->transport;
+}
+
+/* ---- the event loop: calls whose callers do not wait on a thread ---- */
+
+/* One call in the loop. */
+struct http_async {
+    CURL *curl;
+    struct http_call call;       /* owned */
+    struct curl_slist *headers;
+    struct http_transfer t;
+    struct http_reply reply;
+    char errbuf[CURL_ERROR_SIZE];
+    http_done_fn done;
+    void *ctx;
+    struct http_async *next;     /* in the submission queue */
+};
+
+struct http_loop {
+    CURLM *multi;
+    pthread_t thread;
+    pthread_mutex_t mu;          /* guards incoming, stopping */
+    struct http_async *incoming; /* submitted, not yet added to multi (LIFO is fine) */
+    bool stopping;
+    size_t active;               /* transfers in multi (loop thread only) */
+};
+
+/* Ends one call: fills its reply, calls back, frees everything. Loop thread only. */
+static void http_async_end(struct http_loop *l, struct http_async *a, CURLcode rc, bool added)
+{
+    if (added) {
+        (void)curl_multi_remove_handle(l->multi, a->curl);
+        http_conclude(a->curl, a->errbuf, &a->call, rc, &a->t, &a->reply);
+    }
+    a->done(a->ctx, &a->reply);
+    http_reply_free(&a->reply);
+    buf_free(&a->t.body);
+    curl_slist_free_all(a->headers);
+    curl_easy_cleanup(a->curl);
+    http_call_free(&a->call);
+    free(a);
+}
+
+/* Moves submitted calls into the multi handle. Loop thread only. */
+static void http_loop_take(struct http_loop *l)
+{
+    struct http_async *a, *next;
+
+    pthread_mutex_lock(&l->mu);
+    a = l->incoming;
+    l->incoming = NULL;
+    pthread_mutex_unlock(&l->mu);
+    for (; a != NULL; a = next) {
+        next = a->next;
+        if (curl_multi_add_handle(l->multi, a->curl) != CURLM_OK) {
+            http_fail(&a->reply, &a->call, LB_ERR_UPSTREAM, "could not start the call", NULL);
+            http_async_end(l, a, CURLE_OK, false);
+            continue;
+        }
+        (void)curl_easy_setopt(a->curl, CURLOPT_PRIVATE, a);
+        l->active++;
+    }
+}
+
+static void *http_loop_main(void *arg)
+{
+    struct http_loop *l = arg;
+
+    for (;;) {
+        int running = 0, left = 0;
+        bool stop;
+        CURLMsg *m;
+
+        http_loop_take(l);
+        (void)curl_multi_perform(l->multi, &running);
+        while ((m = curl_multi_info_read(l->multi, &left)) != NULL) {
+            struct http_async *a = NULL;
+
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            (void)curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&a);
+            if (a == NULL)
+                continue;
+            l->active--;
+            http_async_end(l, a, m->data.result, true);
+        }
+        pthread_mutex_lock(&l->mu);
+        stop = l->stopping && l->incoming == NULL && l->active == 0;
+        pthread_mutex_unlock(&l->mu);
+        if (stop)
+            break;
+        (void)curl_multi_poll(l->multi, NULL, 0, 1000, NULL);
+    }
+    return NULL;
+}
+
+struct http_loop *http_loop_start(void)
+{
+    struct http_loop *l = calloc(1, sizeof(*l));
+
+    if (l == NULL)
+        return NULL;
+    l->multi = curl_multi_init();
+    if (l->multi == NULL) {
+        free(l);
+        return NULL;
+    }
+    /* HTTP/2 where the API speaks it: one connection carries many calls. */
+    (void)curl_multi_setopt(l->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    (void)curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, 4096L);
+    pthread_mutex_init(&l->mu, NULL);
+    if (pthread_create(&l->thread, NULL, http_loop_main, l) != 0) {
+        pthread_mutex_destroy(&l->mu);
+        curl_multi_cleanup(l->multi);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void http_loop_stop(struct http_loop *l)
+{
+    if (l == NULL)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->stopping = true;
+    pthread_mutex_unlock(&l->mu);
+    (void)curl_multi_wakeup(l->multi);
+    pthread_join(l->thread, NULL);
+    curl_multi_cleanup(l->multi);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+enum lb_err http_loop_submit(struct http_loop *l, struct http_call *call, http_done_fn done,
+                             void *ctx)
+{
+    struct http_async *a = calloc(1, sizeof(*a));
+
+    if (a == NULL) {
+        http_call_free(call);
+        return LB_ERR_NOMEM;
+    }
+    a->call = *call;
+    memset(call, 0, sizeof(*call));
+    a->done = done;
+    a->ctx = ctx;
+    a->curl = curl_easy_init();
+    http_begin(&a->reply, &a->t);
+    if (a->curl == NULL ||
+        !http_prepare(a->curl, a->errbuf, &a->call, &a->headers, &a->t, &a->reply)) {
+        if (a->curl == NULL)
+            http_fail(&a->reply, &a->call, LB_ERR_UPSTREAM, "out of memory", NULL);
+        /* Answered at once, on this thread: the caller must expect that. */
+        a->done(a->ctx, &a->reply);
+        http_reply_free(&a->reply);
+        buf_free(&a->t.body);
+        curl_slist_free_all(a->headers);
+        if (a->curl != NULL)
+            curl_easy_cleanup(a->curl);
+        http_call_free(&a->call);
+        free(a);
+        return LB_OK;
+    }
+    /* Over TLS, ALPN tells at the handshake whether a connection speaks HTTP/2: then prefer a
+     * stream on it to another connection. (Over plain http:// that is known only from an
+     * answer, and waiting for one would queue calls behind a slow API.) */
+    if (strncmp(a->call.url, "https://", 8) == 0)
+        (void)curl_easy_setopt(a->curl, CURLOPT_PIPEWAIT, 1L);
+    pthread_mutex_lock(&l->mu);
+    a->next = l->incoming;
+    l->incoming = a;
+    pthread_mutex_unlock(&l->mu);
+    (void)curl_multi_wakeup(l->multi);
+    return LB_OK;
 }
 
 enum lb_err http_call_set_json(struct http_call *call, const json_t *json, size_t flags,

@@ -67,4 +67,24 @@ enum lb_err http_perform(struct http_client *c, const struct http_call *call,
                          struct http_reply *reply);
 void http_reply_free(struct http_reply *reply);
 
+/*
+ * The event loop: one thread running a libcurl multi handle, so that a request waiting on a lead
+ * API waits there, not on a worker thread. Connections are kept and shared by every call of the
+ * loop, and multiplexed where the API speaks HTTP/2.
+ */
+struct http_loop;
+/*
+ * Called once per submitted call with its reply (borrowed: valid during the call only), on the
+ * loop's thread, or at once on the submitting thread when the call could not even be started.
+ */
+typedef void (*http_done_fn)(void *ctx, const struct http_reply *reply);
+/* Starts the loop's thread (curl_global_init must have run). NULL on failure. */
+struct http_loop *http_loop_start(void);
+/* Lets every call in flight finish (each within its own timeout), then stops; NULL: no-op. */
+void http_loop_stop(struct http_loop *l);
+/* Hands call (its contents are taken over; *call is left empty) to the loop; done is called
+ * exactly once. Returns LB_ERR_NOMEM (done is then not called). */
+enum lb_err http_loop_submit(struct http_loop *l, struct http_call *call, http_done_fn done,
+                             void *ctx);
+
 #endif

@@ -54,6 +54,7 @@ struct server {
     const struct spool_extras *extras;
     int listen_fd;
     int read_timeout;         /* seconds a connection may take to send its request */
+    struct http_loop *loop;   /* the event loop where requests wait on the lead APIs */
     bool own_socket;          /* opened with -s: shutdown() may wake accept(); else it is shared */
     pthread_t accepter;       /* the worker inside FCGX_Accept_r, when in_accept */
     atomic_int in_accept;
@@ -205,31 +206,84 @@ static ssize_t cgi_read(void *ctx, char *buf, size_t n)
     return (ssize_t)got;
 }
 
-/* Handles one request and writes the answer with put (FastCGI or stdio). */
-static void serve_one(const struct config *cfg, struct worker *w, env_get_fn env, void *env_ctx,
-                      body_read_fn rd, void *rd_ctx, FCGX_Stream *fout, FILE *sout)
+/* Serialises res and writes it to the FastCGI stream or stdio; fills rec->status on failure. */
+static void write_answer(const struct response *res, bool head, FCGX_Stream *fout, FILE *sout,
+                         int *status)
 {
-    struct response res;
-    struct log_record rec;
     struct buf out;
-    const char *method = env(env_ctx, "REQUEST_METHOD");
 
-    response_init(&res);
-    handler_run(cfg, w, env, env_ctx, rd, rd_ctx, &res, &rec);
     buf_init(&out, 4 * 1024 * 1024);
-    if (response_serialize(&res, method != NULL && strcmp(method, "HEAD") == 0, &out) != LB_OK) {
+    if (response_serialize(res, head, &out) != LB_OK) {
         buf_reset(&out);
         buf_puts(&out, "Status: 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n"
                        "{\"error\":{\"code\":\"internal_error\",\"message\":\"internal error\"}}\n");
-        rec.status = 500;
+        *status = 500;
     }
     if (fout != NULL)
         FCGX_PutStr(out.data, (int)out.len, fout);
     else
         fwrite(out.data, 1, out.len, sout);
     buf_free(&out);
+}
+
+/*
+ * Handles one request and writes the answer with put (FastCGI or stdio). Returns false when the
+ * request was handed to the event loop (w->deferred): the loop answers it and ends conn.
+ */
+static bool serve_one(const struct config *cfg, struct worker *w, env_get_fn env, void *env_ctx,
+                      body_read_fn rd, void *rd_ctx, FCGX_Stream *fout, FILE *sout)
+{
+    struct response res;
+    struct log_record rec;
+    const char *method = env(env_ctx, "REQUEST_METHOD");
+
+    response_init(&res);
+    handler_run(cfg, w, env, env_ctx, rd, rd_ctx, &res, &rec);
+    if (w->deferred) {
+        response_free(&res);
+        return false;
+    }
+    write_answer(&res, method != NULL && strcmp(method, "HEAD") == 0, fout, sout, &rec.status);
     log_request(&rec);
     response_free(&res);
+    return true;
+}
+
+/* One FastCGI connection and the configuration its request runs on (req first: a cast works). */
+struct conn {
+    FCGX_Request req;
+    const struct config *cfg;
+};
+
+/*
+ * handler_finish_fn for FastCGI: answers a request the event loop delivered, ends its
+ * connection (not kept for another request: nginx opens a new one) and frees it.
+ */
+static void fcgi_finish(void *conn, const struct response *out, const struct log_record *rec)
+{
+    struct conn *c = conn;
+    FCGX_Request *req = &c->req;
+    const char *method = FCGX_GetParam("REQUEST_METHOD", req->envp);
+    struct log_record r = *rec;
+
+    write_answer(out, method != NULL && strcmp(method, "HEAD") == 0, req->out, NULL, &r.status);
+    log_request(&r);
+    req->keepConnection = 0;
+    FCGX_Finish_r(req);
+    live_release(c->cfg);
+    free(c);
+}
+
+/* A fresh request for the next connection (libfcgi never accepts by itself: socket -1). */
+static FCGX_Request *new_request(void)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+
+    if (c != NULL && FCGX_InitRequest(&c->req, -1, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
+        free(c);
+        c = NULL;
+    }
+    return c != NULL ? &c->req : NULL;
 }
 
 /*
@@ -279,44 +333,64 @@ static void *worker_main(void *arg)
 {
     struct server *s = arg;
     struct worker w;
-    FCGX_Request req;
+    FCGX_Request *req;
 
     memset(&w, 0, sizeof(w));
     w.http = http_client_new();
     w.outbox = s->outbox;
     w.quarantine = s->extras->quarantine;
     w.limits = s->extras->limits;
-    /* libfcgi never accepts by itself (listen socket -1): we hand it each connection, timed. */
-    if (w.http == NULL || FCGX_InitRequest(&req, -1, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
+    w.loop = s->loop;
+    w.finish = fcgi_finish;
+    req = new_request();
+    if (w.http == NULL || req == NULL) {
         log_msg(LOG_ERROR, "worker could not start");
         http_client_free(w.http);
+        free(req);
         atomic_fetch_sub(&s->running, 1);
         return NULL;
     }
     while (!s->stopping) {
         /* A connection the web server keeps open (fastcgi_keep_conn) is read again as it is. */
-        if (req.ipcFd < 0) {
-            req.ipcFd = accept_connection(s);
-            if (req.ipcFd < 0)
+        if (req->ipcFd < 0) {
+            req->ipcFd = accept_connection(s);
+            if (req->ipcFd < 0)
                 break;
         }
-        req.keepConnection = 1; /* so FCGX_Accept_r's own Finish keeps the fd we gave it */
-        if (FCGX_Accept_r(&req) < 0) {
+        req->keepConnection = 1; /* so FCGX_Accept_r's own Finish keeps the fd we gave it */
+        if (FCGX_Accept_r(req) < 0) {
             /* The connection sent no whole request in time (or garbage): libfcgi closed it
              * and failed to accept on -1. Take the next one. */
-            req.ipcFd = -1;
+            req->ipcFd = -1;
             continue;
         }
         {
-            /* The request finishes on the configuration it started with, whatever SIGHUP does. */
-            const struct config *cfg = live_acquire();
+            /* The request finishes on the configuration it started with, whatever SIGHUP does:
+             * a request handed to the event loop keeps it until fcgi_finish. */
+            struct conn *c = (struct conn *)req;
+            bool answered;
 
-            serve_one(cfg, &w, fcgi_env, &req, fcgi_read, &req, req.out, NULL);
-            live_release(cfg);
+            c->cfg = live_acquire();
+            w.conn = c;
+            answered = serve_one(c->cfg, &w, fcgi_env, req, fcgi_read, req, req->out, NULL);
+            if (answered) {
+                live_release(c->cfg);
+                c->cfg = NULL;
+                FCGX_Finish_r(req);
+                continue;
+            }
         }
-        FCGX_Finish_r(&req);
+        /* Handed to the event loop, which answers and frees it: take a new one. */
+        req = new_request();
+        if (req == NULL) {
+            log_msg(LOG_ERROR, "worker: out of memory");
+            break;
+        }
     }
-    FCGX_Free(&req, 1);
+    if (req != NULL) {
+        FCGX_Free(req, 1);
+        free(req);
+    }
     http_client_free(w.http);
     rules_thread_cleanup();
     atomic_fetch_sub(&s->running, 1);
@@ -438,6 +512,9 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
 
     if (ob != NULL && pthread_create(&retry_tid, NULL, retry_main, &s) != 0)
         return 1;
+    s.loop = http_loop_start();
+    if (s.loop == NULL)
+        log_msg(LOG_WARN, "no event loop: requests wait on the lead APIs on worker threads");
     tids = calloc((size_t)threads, sizeof(*tids));
     for (int i = 0; tids != NULL && i < threads; i++) {
         if (pthread_create(&tids[i], NULL, worker_main, &s) != 0)
@@ -454,6 +531,8 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
     }
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
+    /* Requests waiting on the APIs finish (each within its target's timeout) and are answered. */
+    http_loop_stop(s.loop);
     if (!s.stopping) {
         pthread_kill(sig_tid, SIGUSR1);
         pthread_mutex_lock(&s.stop_lock);

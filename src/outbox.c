@@ -667,6 +667,7 @@ static json_t *outbox_done_record(const json_t *job, long long now)
     json_object_foreach(json_object_get(job, "targets"), name, entry) {
         const char *lead_id = json_string_value(json_object_get(json_object_get(entry, "result"),
                                                                 "lead_id"));
+        json_t *est;
 
         t = json_object();
         if (t == NULL || json_object_set_new(targets, name, t) != 0)
@@ -678,6 +679,11 @@ static json_t *outbox_done_record(const json_t *job, long long now)
                 goto fail;
         }
         if (lead_id != NULL && outbox_set_str(t, "lead_id", lead_id) != LB_OK)
+            goto fail;
+        /* The estimate (numbers about the property, nothing about the person) answers a
+         * repeat of a submission that was first answered "queued". */
+        est = json_object_get(json_object_get(entry, "result"), "valuation");
+        if (json_is_object(est) && json_object_set(t, "valuation", est) != 0)
             goto fail;
     }
     return rec;

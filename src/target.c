@@ -118,52 +118,54 @@ static void target_set(struct target_result *r, enum delivery_outcome o, const c
  * update) so a reference can still be signed. For a transient outcome without the target's own
  * hint, retry_after comes from Retry-After or X-RateLimit-Reset. The call and reply are freed here.
  */
-void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
-                    const json_t *lead, const char *lead_id, const char *submission_id,
+bool target_prepare(const struct target *t, enum target_action action, const json_t *lead,
+                    const char *lead_id, const char *submission_id, struct http_call *call,
                     struct target_result *result)
 {
-    struct http_call call;
-    struct http_reply reply;
     enum lb_err rc;
 
-    memset(&call, 0, sizeof(call));
-    memset(&reply, 0, sizeof(reply));
-    reply.retry_after = -1;
-    reply.rate_limit_reset = -1;
+    memset(call, 0, sizeof(*call));
     target_result_init(result);
-
     if (t == NULL || t->ops == NULL) {
         target_set(result, DELIVERY_PERMANENT, "no such target");
-        goto out;
+        return false;
     }
     if ((unsigned)action >= TARGET_ACTION__MAX || !t->ops->supports(action)) {
         target_set(result, DELIVERY_PERMANENT, "a %s target cannot %s", t->ops->type,
                    target_action_name(action));
-        goto out;
+        return false;
     }
-    rc = t->ops->build(t->state, action, lead, lead_id, submission_id, &call);
+    rc = t->ops->build(t->state, action, lead, lead_id, submission_id, call);
     if (rc != LB_OK) {
+        http_call_free(call);
+        memset(call, 0, sizeof(*call));
         target_set(result, rc == LB_ERR_NOMEM ? DELIVERY_TRANSIENT : DELIVERY_PERMANENT,
                    "could not build the %s request: %s", t->ops->type, lb_strerror(rc));
-        goto out;
+        return false;
     }
-    rc = http_perform(http, &call, &reply);
-    if (rc != LB_OK) {
-        result->http_status = reply.status;
+    return true;
+}
+
+void target_conclude(const struct target *t, enum target_action action, const char *lead_id,
+                     const char *submission_id, const struct http_reply *reply,
+                     struct target_result *result)
+{
+    if (reply->transport != LB_OK) {
+        result->http_status = reply->status;
         target_set(result, DELIVERY_TRANSIENT, "%s",
-                   reply.transport_message[0] != '\0' ? reply.transport_message
-                   : rc == LB_ERR_TIMEOUT                ? "timed out"
+                   reply->transport_message[0] != '\0' ? reply->transport_message
+                   : reply->transport == LB_ERR_TIMEOUT  ? "timed out"
                                                          : "the call failed");
-        goto out;
+        return;
     }
-    t->ops->classify(t->state, action, &reply, result);
+    t->ops->classify(t->state, action, reply, result);
     if (result->http_status == 0)
-        result->http_status = reply.status;
+        result->http_status = reply->status;
     if (result->outcome != DELIVERY_OK && result->reason[0] == '\0') {
-        if (reply.status / 100 == 1 || reply.status / 100 == 3)
-            target_set(result, result->outcome, "unexpected status %ld", reply.status);
+        if (reply->status / 100 == 1 || reply->status / 100 == 3)
+            target_set(result, result->outcome, "unexpected status %ld", reply->status);
         else
-            target_set(result, result->outcome, "HTTP %ld", reply.status);
+            target_set(result, result->outcome, "HTTP %ld", reply->status);
     }
     /* A webhook receiver need not name the lead: our own id then stands for it. */
     if (result->outcome == DELIVERY_OK && result->lead_id[0] == '\0' &&
@@ -174,17 +176,27 @@ void target_deliver(const struct target *t, struct http_client *http, enum targe
             memcpy(result->lead_id, id, strlen(id) + 1);
     }
     if (result->outcome == DELIVERY_TRANSIENT && result->retry_after < 0) {
-        if (reply.retry_after >= 0) {
-            result->retry_after = reply.retry_after;
-        } else if (reply.rate_limit_reset >= 0) {
-            long long wait = reply.rate_limit_reset - (long long)time(NULL);
+        if (reply->retry_after >= 0) {
+            result->retry_after = reply->retry_after;
+        } else if (reply->rate_limit_reset >= 0) {
+            long long wait = reply->rate_limit_reset - (long long)time(NULL);
 
             result->retry_after = wait > 0 ? wait : 0;
         }
     }
+}
 
-out:
-    metrics_delivery(t->name, delivery_outcome_name(result->outcome));
+void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
+                    const json_t *lead, const char *lead_id, const char *submission_id,
+                    struct target_result *result)
+{
+    struct http_call call;
+    struct http_reply reply;
+
+    if (!target_prepare(t, action, lead, lead_id, submission_id, &call, result))
+        return;
+    (void)http_perform(http, &call, &reply);
+    target_conclude(t, action, lead_id, submission_id, &reply, result);
     http_call_free(&call);
     http_reply_free(&reply);
 }

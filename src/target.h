@@ -121,6 +121,17 @@ bool target_lookup_match(const char *body, size_t len, const char *submission_id
  * not fit.
  */
 enum lb_err target_lookup_url(struct http_call *call, const char *prefix, const json_t *lead);
+/*
+ * target_deliver in two halves, for callers that perform the call elsewhere (the event loop):
+ * target_prepare builds it (returns false, with *result set, when there is nothing to send) and
+ * target_conclude classifies its reply (borrowed) into *result, as target_deliver does.
+ */
+bool target_prepare(const struct target *t, enum target_action action, const json_t *lead,
+                    const char *lead_id, const char *submission_id, struct http_call *call,
+                    struct target_result *result);
+void target_conclude(const struct target *t, enum target_action action, const char *lead_id,
+                     const char *submission_id, const struct http_reply *reply,
+                     struct target_result *result);
 void target_result_init(struct target_result *r);
 void target_result_clear(struct target_result *r);
 

@@ -24,12 +24,15 @@ from harness import Stack
 READ_TIMEOUT = 2
 
 
-def derived_config(name, **changes):
-    """A copy of conf/<name> with top-level keys changed, in a temp dir. Returns (dir, path)."""
+def derived_config(name, edit=None, **changes):
+    """A copy of conf/<name> with top-level keys changed (and edit(conf) applied), in a temp
+    dir. Returns (dir, path)."""
     tmp = tempfile.mkdtemp(prefix="leadbridge-core-conf-")
     with open(os.path.join(harness.HERE, "conf", name)) as f:
         conf = json.load(f)
     conf.update(changes)
+    if edit is not None:
+        edit(conf)
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         json.dump(conf, f, indent=2)
@@ -157,3 +160,64 @@ class SpoolFifo(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class WaitingOffThreads(unittest.TestCase):
+    """Requests waiting on a lead API wait in the event loop, not on worker threads: with 2
+    workers, 8 posts are at a hanging API at the same time (2 would be, if each held a worker),
+    the bridge still answers other requests meanwhile, and answers the 8 when their calls time
+    out (or the API lets go)."""
+
+    @classmethod
+    def setUpClass(cls):
+        def patient(conf):      # the API may take 30 s: a held worker would be held that long
+            for t in conf["targets"].values():
+                t["timeout"] = 30
+        cls.tmp, config = derived_config("leadpro.json", edit=patient)
+        cls.st = Stack(config, threads=2).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.st.stop()
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_eight_held_requests_do_not_hold_two_workers(self):
+        st = self.st
+        st.standin_mode({"api": "leadpro", "mode": "hang"})
+        answers, lock = [], threading.Lock()
+
+        def post(i):
+            data = {"first_name": "Ada", "last_name": "Held%d" % i,
+                    "email": "held%d.%d@example.com" % (i, os.getpid()),
+                    "phone": "07700 900789", "property_postcode": "DE1 1JX"}
+            try:
+                r = st.post("/lead/create", data, headers={"Origin": st.web})
+                status = r.status
+            except Exception as e:   # noqa: BLE001 - any failure is an answer we check
+                status = type(e).__name__
+            with lock:
+                answers.append(status)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while True:
+            status, obj = st.standin_get("/_control/requests?api=leadpro")
+            held = [x for x in obj["requests"] if x.get("status") is None]
+            if len(held) >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(len(held), 8, "the 8 posts did not all reach the API at once: "
+                         "they waited for the 2 workers")
+        # A post that fails the form's rules is answered by a worker alone (no API call).
+        r = st.post("/lead/create", {"first_name": "Free"}, headers={"Origin": st.web})
+        self.assertEqual(r.status, 422, "a worker was free while 8 requests waited: %r" % (r,))
+        with lock:
+            self.assertEqual(answers, [], "nothing is answered while the API holds them")
+        st.standin_reset()           # the API lets go (closes them): each is queued
+        for t in threads:
+            t.join(30)
+        self.assertEqual(sorted(answers), [202] * 8, answers)

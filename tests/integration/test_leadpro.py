@@ -262,6 +262,32 @@ class Sample(LeadProCase):
             "rent": {"min": v["minimum_rent_estimation"], "avg": v["average_rent_estimation"],
                      "max": v["maximum_rent_estimation"]}})
 
+    def test_repeat_after_a_queued_valuation_is_delivered_answers_the_numbers(self):
+        """Step 1 while LeadPro is down is answered 202 "queued"; the outbox delivers it soon
+        after. Trying again (the same form, within the duplicate window) is answered from what
+        happened since: created, with the estimate and a reference, not the stale "queued"."""
+        t, w = token(), word()
+        self.st.standin_mode({"api": "leadpro", "mode": "unavailable", "count": 1})
+        data = self.valuation_data(t, w)
+        r = self.post("/lead/valuation", data)
+        self.assertEqual(r.status, 202, r)
+        deadline = time.monotonic() + 20
+        while not find_lead(self.st, "ada.%s@example.com" % t) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        recs = find_lead(self.st, "ada.%s@example.com" % t)
+        self.assertEqual(len(recs), 1, "the queued valuation was not delivered within 20 s")
+        deadline = time.monotonic() + 10
+        while True:     # the done record is filed right after the delivery
+            r = self.post("/lead/valuation", data)
+            if r.status != 202 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        body = self.assertCreated(r)
+        v = recs[0]["valuation"]
+        self.assertEqual(body["valuation"]["sale"]["avg"], v["average_sale_estimation"], body)
+        self.assertEqual(len(find_lead(self.st, "ada.%s@example.com" % t)), 1,
+                         "the repeat made a second lead")
+
     def test_valuation_plain_post_numbers_on_page_then_step_two_updates_same_lead(self):
         t, w = token(), word()
         r = self.post("/lead/valuation", self.valuation_data(t, w, bedrooms="2"), script=False)
