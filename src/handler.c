@@ -53,6 +53,7 @@ struct job {
     const struct target *update_target; /* update: the target the reference names */
     json_t *refused;                    /* targets whose documented limits refuse the lead */
     char update_lead_id[64];
+    char update_after[OUTBOX_ID_SIZE]; /* update of a lead whose create job is still queued */
     char event_id[INBOUND_EVENT_ID_MAX + 1]; /* the builder's event id; "": none */
     struct guard_controls controls;     /* lb_token, altcha, captcha, honeypot: not lead data */
 };
@@ -189,6 +190,54 @@ static const char *control_field(const json_t *fields, const char *name)
 }
 
 /*
+ * A reference handed out while the create was still queued names the job ("lbjob-<id>"), not a
+ * lead. Once that job is done, the lead id it got is used; while it is queued, the update waits
+ * behind it in the outbox (j->update_after). A create that went dead, or a job no longer kept,
+ * cannot be updated.
+ */
+static enum lb_err resolve_queued_lead(struct job *j, const char *target, struct lb_error *err)
+{
+    const char *id = j->update_lead_id + strlen(LEADREF_JOB_PREFIX);
+    enum outbox_state state = OUTBOX_UNKNOWN;
+    const char *lead_id;
+    json_t *rec;
+
+    if (strncmp(j->update_lead_id, LEADREF_JOB_PREFIX, strlen(LEADREF_JOB_PREFIX)) != 0)
+        return LB_OK;
+    if (!outbox_id_valid(id) || j->w->outbox == NULL)
+        return lb_fail(err, LB_ERR_FORBIDDEN, "the lead reference is not valid");
+    rec = outbox_show(j->w->outbox, id);
+    if (rec != NULL) {
+        const char *st = json_string_value(json_object_get(rec, "state"));
+
+        state = st == NULL ? OUTBOX_UNKNOWN
+                : strcmp(st, "queued") == 0 ? OUTBOX_QUEUED
+                : strcmp(st, "done") == 0   ? OUTBOX_DONE
+                : strcmp(st, "dead") == 0   ? OUTBOX_DEAD
+                                            : OUTBOX_UNKNOWN;
+    }
+    lead_id = json_string_value(json_object_get(
+        json_object_get(json_object_get(rec, "targets"), target), "lead_id"));
+    if (lead_id == NULL)
+        lead_id = json_string_value(json_object_get(json_object_get(
+            json_object_get(json_object_get(rec, "targets"), target), "result"), "lead_id"));
+    if (state == OUTBOX_DONE && lead_id != NULL && strlen(lead_id) < sizeof(j->update_lead_id)) {
+        snprintf(j->update_lead_id, sizeof(j->update_lead_id), "%s", lead_id);
+    } else if (state == OUTBOX_QUEUED) {
+        snprintf(j->update_after, sizeof(j->update_after), "%s", id);
+    } else {
+        json_decref(rec);
+        return lb_fail(err, LB_ERR_GONE, state == OUTBOX_DEAD
+                                             ? "we could not pass on your first details; "
+                                               "please call us"
+                                             : "this lead reference has expired; please submit "
+                                               "the form again");
+    }
+    json_decref(rec);
+    return LB_OK;
+}
+
+/*
  * Works out which lead an update form patches: a signed reference from the page (lb_ref), or, for
  * an authenticated server-to-server call (Authorization: Bearer <webhook_secret>), a lead id.
  */
@@ -207,6 +256,9 @@ static enum lb_err resolve_update(struct job *j, struct lb_error *err)
             return lb_fail(err, e, "this lead reference has expired; please submit the form again");
         if (e != LB_OK)
             return lb_fail(err, LB_ERR_FORBIDDEN, "the lead reference is not valid");
+        e = resolve_queued_lead(j, target, err);
+        if (e != LB_OK)
+            return e;
     } else if (j->form->webhook_secret != NULL && j->req.authorization != NULL) {
         const char *auth = j->req.authorization;
         const char *id = control_field(j->req.fields, "lb_lead_id");
@@ -471,6 +523,23 @@ static void summarize(struct job *j, enum target_action action, struct outbox_cl
         }
     }
 
+    /* A queued step 1 still hands out a reference, to the job: step 2 then waits behind it. */
+    if (ok == 0 && transient > 0 && action != TARGET_UPDATE && j->cfg->secret != NULL) {
+        for (size_t i = 0; i < n && ref_target == NULL; i++) {
+            const struct target *t = j->form->targets[i];
+            char jobref[64], ref[LEADREF_MAX];
+
+            if (!target_in_play(j, i) || results[i].outcome != DELIVERY_TRANSIENT)
+                continue;
+            snprintf(jobref, sizeof(jobref), "%s%s", LEADREF_JOB_PREFIX, j->submission_id);
+            if (leadref_sign(j->cfg->secret, t->name, jobref,
+                             (long long)time(NULL) + j->cfg->ref_ttl, ref,
+                             sizeof(ref)) == LB_OK) {
+                json_object_set_new(refs, t->name, json_string(ref));
+                ref_target = t->name;
+            }
+        }
+    }
     if (ok > 0 || transient > 0) {
         const char *status = ok > 0 ? (action == TARGET_UPDATE ? "updated" : "created") : "queued";
 
@@ -630,7 +699,11 @@ static json_t *job_new(struct job *j, enum target_action action, long long now)
         if (!target_in_play(j, i))
             continue;
         if (outbox_job_add_target(job, t->name, target_action_name(action), j->lead,
-                                  action == TARGET_UPDATE ? j->update_lead_id : NULL) != LB_OK) {
+                                  action == TARGET_UPDATE && j->update_after[0] == '\0'
+                                      ? j->update_lead_id
+                                      : NULL) != LB_OK ||
+            (j->update_after[0] != '\0' &&
+             outbox_job_wait_for(job, t->name, j->update_after) != LB_OK)) {
             json_decref(job);
             job = NULL;
         }
@@ -747,7 +820,18 @@ static bool serve_token(struct job *j, const struct config *cfg, struct response
  */
 static void fingerprint(const struct job *j, enum target_action action, char *out, size_t size)
 {
-    char *text = json_dumps(j->lead, JSON_COMPACT | JSON_SORT_KEYS);
+    /* The lead without the moment consent was given (visitor.c dates it): a repeat a second
+     * later is still the same submission. */
+    json_t *lead = json_deep_copy(j->lead);
+    json_t *meta = json_object_get(lead, "meta");
+    char *text;
+
+    if (json_is_object(meta)) {
+        (void)json_object_del(meta, "consent");
+        (void)json_object_del(meta, "marketing");
+    }
+    text = json_dumps(lead != NULL ? lead : j->lead, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(lead);
     struct buf b;
     uint8_t digest[SHA256_DIGEST_SIZE];
     char hex[2 * SHA256_DIGEST_SIZE + 1];
@@ -804,6 +888,7 @@ static void file_job(struct job *j, struct outbox_claim *claim, const struct res
  */
 struct pending {
     struct job j;
+    struct worker w;                 /* the job's worker from here on: its own log detail */
     enum target_action action;
     struct outbox_claim *claim;
     struct target_result *results;
@@ -904,6 +989,11 @@ static bool defer(struct job *j, enum target_action action, struct outbox_claim 
     j->cfg = p->j.cfg;
     j->form = p->j.form;
     j->w = p->j.w;
+    /* The worker goes on with other requests: the pending one keeps a copy (its outbox, its
+     * request id and log detail), never its HTTP client. */
+    p->w = *j->w;
+    p->w.http = NULL;
+    p->j.w = &p->w;
     p->action = action;
     p->claim = claim;
     p->rec = *rec;
@@ -914,18 +1004,22 @@ static bool defer(struct job *j, enum target_action action, struct outbox_claim 
         p->rec.detail = p->detail;
     }
     response_init(&p->out);
-    p->start = p->j.w->start_ms;
-    p->finish = p->j.w->finish;
-    p->conn = p->j.w->conn;
+    p->start = p->w.start_ms;
+    p->finish = p->w.finish;
+    p->conn = p->w.conn;
     p->waiting = calls + 1; /* + 1: held until every call is submitted */
-    p->j.w->deferred = true;
+    j->w->deferred = true;
     for (size_t i = 0; i < n; i++) {
         struct pending_call *pc;
 
         if (built[i].method == NULL)
             continue;
         pc = malloc(sizeof(*pc));
-        if (pc == NULL || http_loop_submit(p->j.w->loop, &built[i], pending_call_done, pc) !=
+        if (pc != NULL) {
+            pc->p = p;      /* before submitting: the call may end at once */
+            pc->index = i;
+        }
+        if (pc == NULL || http_loop_submit(p->w.loop, &built[i], pending_call_done, pc) !=
                               LB_OK) {
             /* Out of memory: this target is retried by the outbox. */
             free(pc);
@@ -937,8 +1031,6 @@ static bool defer(struct job *j, enum target_action action, struct outbox_claim 
             pthread_mutex_unlock(&p->mu);
             continue;
         }
-        pc->p = p;
-        pc->index = i;
     }
     free(built);
     /* The hold: the last call may already have ended; whoever brings waiting to 0 answers. */
@@ -1045,8 +1137,11 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
     /* Due later than now: the background worker leaves it to this request unless we die. */
     if (job != NULL)
         json_object_set_new(job, "next_attempt", json_integer(now + 30));
-    /* Delivered at once below: a crash during that makes the retry ask the API first. */
-    if (job != NULL && outbox_job_mark_started(job) != LB_OK) {
+    /* Delivered at once below: a crash during that makes the retry ask the API first. An update
+     * waiting for its lead's create is not: it is due at once for the outbox, behind the create. */
+    if (job != NULL && j->update_after[0] != '\0')
+        json_object_set_new(job, "next_attempt", json_integer(now));
+    else if (job != NULL && outbox_job_mark_started(job) != LB_OK) {
         json_decref(job);
         job = NULL;
     }
@@ -1060,6 +1155,16 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         log_msg(LOG_ERROR, "outbox: %s", err.message);
         answer_error(j, out, LB_ERR_UNAVAILABLE,
                      "the submission could not be stored; please try again", NULL);
+        return;
+    }
+    if (j->update_after[0] != '\0') {
+        /* Applied by the outbox to the lead its create makes, once that is delivered. */
+        json_t *targets = json_object();
+
+        rec->outcome = "queued";
+        json_object_set_new(targets, j->update_target->name, json_string("queued"));
+        answer_delivery(j, action, "queued", targets, NULL, NULL, NULL, out);
+        json_decref(targets);
         return;
     }
     for (int i = 0; i < 20 && (e = outbox_claim(ob, j->submission_id, &claim)) == LB_ERR_CONFLICT;

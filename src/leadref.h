@@ -31,4 +31,10 @@ enum lb_err leadref_sign(const char *secret, const char *target, const char *lea
 enum lb_err leadref_verify(const char *secret, const char *ref, long long now, char *target,
                            size_t target_size, char *lead_id, size_t lead_id_size);
 
+/*
+ * The lead id a reference carries while the lead's create is still queued: this prefix and the
+ * job's submission id. The handler resolves it (see resolve_queued_lead in handler.c).
+ */
+#define LEADREF_JOB_PREFIX "lbjob-"
+
 #endif

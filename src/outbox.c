@@ -54,6 +54,9 @@ static const char *const outbox_state_names[OUTBOX_STATE__MAX] = {
     [OUTBOX_UNKNOWN] = "unknown",
 };
 
+/* Seconds between looks at a create that an update waits behind. */
+#define OUTBOX_AFTER_WAIT 2
+
 static const long long outbox_default_schedule[] = {5, 60, 300, 1800, 7200, 18000, 36000};
 
 const char *outbox_state_name(enum outbox_state s)
@@ -408,6 +411,49 @@ enum lb_err outbox_job_mark_started(json_t *job)
             return LB_ERR_NOMEM;
     }
     return LB_OK;
+}
+
+enum lb_err outbox_job_wait_for(json_t *job, const char *target, const char *create_id)
+{
+    json_t *entry = json_object_get(json_object_get(job, "targets"), target);
+
+    if (!json_is_object(entry) || !outbox_id_valid(create_id))
+        return LB_ERR_INTERNAL;
+    return outbox_set_str(entry, "after", create_id);
+}
+
+/*
+ * For a target that waits behind another job's create ("after"): 1 when it may go now (the
+ * create is done: its lead id is now the entry's "lead_id"), 0 while the create is still
+ * queued, -1 when it never will (the create is dead or gone: the entry is marked dead).
+ */
+static int outbox_resolve_after(struct outbox *ob, const char *name, json_t *entry)
+{
+    const char *after = json_string_value(json_object_get(entry, "after"));
+    enum outbox_state state = OUTBOX_UNKNOWN;
+    const char *lead_id;
+    json_t *other;
+    int r;
+
+    if (after == NULL)
+        return 1;
+    other = ob->ops->load(ob->st, after, &state);
+    lead_id = json_string_value(
+        json_object_get(json_object_get(json_object_get(other, "targets"), name), "lead_id"));
+    if (state == OUTBOX_QUEUED) {
+        r = 0;
+    } else if (state == OUTBOX_DONE && lead_id != NULL && lead_id[0] != '\0') {
+        r = outbox_set_str(entry, "lead_id", lead_id) == LB_OK ? 1 : 0;
+        if (r == 1)
+            (void)json_object_del(entry, "after");
+    } else {
+        r = -1;
+        (void)outbox_set_str(entry, "status", "dead");
+        (void)outbox_set_str(entry, "last_error",
+                             "the lead this update is for was never created");
+    }
+    json_decref(other);
+    return r;
 }
 
 bool outbox_attempt_unknown(const json_t *entry)
@@ -853,7 +899,7 @@ static void outbox_deliver_job(struct outbox_claim *c, long long now, outbox_del
     json_t *entry;
     size_t n = 0, i;
     enum outbox_state where;
-    bool transient;
+    bool transient, waiting = false;
 
     /* Target names are copied so recording (which replaces members) cannot upset iteration. */
     names = calloc(json_object_size(targets) + 1, sizeof(*names));
@@ -875,6 +921,16 @@ static void outbox_deliver_job(struct outbox_claim *c, long long now, outbox_del
         st = outbox_target_status(entry);
         if (st == NULL || strcmp(st, "pending") != 0)
             continue;
+        {
+            int go = outbox_resolve_after(c->ob, names[i], entry);
+
+            if (go == 0) {
+                waiting = true;
+                continue;
+            }
+            if (go < 0)
+                continue;
+        }
         /* Marked started (durably) before the call: a crash during it leaves started >
          * attempts, and the next attempt asks the API whether it has the lead. */
         {
@@ -898,6 +954,9 @@ static void outbox_deliver_job(struct outbox_claim *c, long long now, outbox_del
         }
         target_result_clear(&r);
     }
+    /* Waiting behind a create: look again soon, without counting an attempt. */
+    if (waiting && !c->transient)
+        (void)outbox_set_int(c->job, "next_attempt", now + OUTBOX_AFTER_WAIT);
     transient = c->transient;
     if (outbox_finish(c, now, &where) == LB_OK) {
         if (where == OUTBOX_DONE)

@@ -33,6 +33,7 @@
  *    "next_attempt": <epoch s>,
  *    "targets": {"<target name>": {"action": "create|valuation|update", "lead": {...},
  *                                  "lead_id": "<optional, for updates>",
+ *                                  "after": "<id of a queued create this update waits for>",
  *                                  "status": "pending|delivered|dead", "attempts": <n>,
  *                                  "started": <n: attempts begun; > attempts while one runs>,
  *                                  "started_at": <epoch s, wall clock: when the last began>,
@@ -188,6 +189,13 @@ enum lb_err outbox_job_add_target(json_t *job, const char *name, const char *act
  * at once, so that a crash during that delivery is known to have left an unknown outcome.
  */
 enum lb_err outbox_job_mark_started(json_t *job);
+/*
+ * Makes target of job (not yet put) wait behind job create_id: the entry gets "after" and no
+ * "lead_id". The delivery pass leaves it pending, without counting attempts, while create_id is
+ * queued; once create_id is done, the lead id it got for the same target becomes this entry's
+ * "lead_id" and it is delivered; if create_id went dead (or is gone), so does this target.
+ */
+enum lb_err outbox_job_wait_for(json_t *job, const char *target, const char *create_id);
 /*
  * Inside a deliver call: whether the target's previous attempt has an unknown outcome (it was
  * started, and never recorded, because its worker died), so the API must be asked first whether

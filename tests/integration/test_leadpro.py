@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import signal
 import os
 import random
 import re
@@ -159,7 +160,8 @@ class LeadProCase(unittest.TestCase):
 
     def assertQueued(self, r, reason):
         """A transient upstream failure as README.md documents it since the outbox: 202
-        "queued", the target's reason said, no lead reference. Never a 2xx "created"."""
+        "queued", and a reference to the queued job (not to a lead: there is none yet), for a
+        step 2 to wait behind it. Never a 2xx "created"."""
         body = r.json()
         self.assertNotEqual(body.get("status"), "created", body)
         self.assertEqual(r.status, 202, r)
@@ -169,7 +171,7 @@ class LeadProCase(unittest.TestCase):
         self.assertEqual(body["targets"]["leadpro"], "queued", body)
         self.assertNotIn(reason, json.dumps(body))
         self.assertIn(reason, log_eventually(self.st, reason))
-        self.assertNotIn("lead", body)
+        self.assertTrue(ref_parts(body["lead"]["ref"])[1].startswith("lbjob-"), body)
         return body
 
     def count_requests(self):
@@ -338,6 +340,45 @@ class Sample(LeadProCase):
         self.assertEqual(rec["state"]["email"], "ada.%s@example.com" % t)
         patches = [x for x in requests_for(self.st) if x["method"] == "PATCH" and t in x["body"]]
         self.assertEqual([x["path"] for x in patches], [LEADPRO + "/leads/%d" % rec["id"]])
+
+    def test_step_two_after_a_queued_step_one_waits_behind_it_across_a_restart(self):
+        """LeadPro is down at step 1 (202 queued): the answer still carries a reference. Step 2
+        with it is accepted (202) and waits in the outbox behind the create, across a restart
+        of the bridge, and is applied to the lead id the create gets once LeadPro is back."""
+        t, w = token(), word()
+        st = self.st
+        st.standin_mode({"api": "leadpro", "mode": "unavailable"})
+        r = self.post("/lead/valuation", self.valuation_data(t, w))
+        self.assertEqual(r.status, 202, r)
+        ref = r.json()["lead"]["ref"]
+        self.assertTrue(ref_parts(ref)[1].startswith("lbjob-"), ref_parts(ref))
+        r2 = self.post("/lead/valuation/details", {"lb_ref": ref, "appointment": "Noon " + t})
+        self.assertEqual(r2.status, 202, r2)
+        self.assertEqual(r2.json()["status"], "queued", r2.json())
+        self.assertEqual(find_lead(st, "ada.%s@example.com" % t), [])
+        # a restart: both jobs are on disk, the update still behind the create
+        p = st.procs["bridge"]
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)
+        st._spawn("bridge", [st.bin, "-c", st.config, "-s", st.fcgi_addr, "-t", str(st.threads)],
+                  env=st.bridge_env())
+        st.bridge_rc = None
+        st._wait_accepting("bridge", st.fcgi_addr)
+        st.standin_mode({"api": "leadpro", "mode": "ok"})
+        deadline = time.monotonic() + 40
+        rec = None
+        while time.monotonic() < deadline:
+            recs = find_lead(st, "ada.%s@example.com" % t)
+            if recs and recs[0]["updates"]:
+                rec = recs[0]
+                break
+            time.sleep(0.3)
+        self.assertIsNotNone(rec, "the queued create and its update were not both delivered")
+        self.assertEqual(len(find_lead(st, "ada.%s@example.com" % t)), 1)
+        patches = [x for x in requests_for(st) if x["method"] == "PATCH" and t in x["body"]]
+        self.assertEqual([x["path"] for x in patches], [LEADPRO + "/leads/%d" % rec["id"]])
+        self.assertEqual(update_json(rec["updates"][0])["meta"].get("Preferred appointment"),
+                         "Noon " + t)
 
     def test_step_two_script_client(self):
         t, w = token(), word()
