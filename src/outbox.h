@@ -20,9 +20,10 @@
  *
  * Every file is written whole in tmp/ and renamed (or hard-linked, when it must not replace
  * anything) into place, after Postfix and maildir. Durability is a group commit: outbox_put()
- * waits for one syncfs(2) of the spool's file system that covers every write before it, so
- * concurrent requests share one commit instead of queueing behind each other's fsyncs (the
- * measured cost per accepted lead went from about 2 ms of serialized fsyncs to one shared commit).
+ * waits for one commit (one leader fdatasyncs every file enlisted so far and fsyncs each touched
+ * folder once; see outbox_spool.c), so concurrent requests share one journal commit instead of
+ * queueing behind each other's fsyncs (measured with strace -c, 400 leads at 16 connections:
+ * 3,202 fsync calls before, 8 per lead; about one shared commit per lead or less after).
  * The keys reserved for a job are made durable by that same commit. Bookkeeping that need not
  * precede the answer (the stored answer, done records, unlinks) is not waited for. When
  * outbox_put() returns LB_OK the job survives a crash or power loss. The spool must be on a local

@@ -14,23 +14,23 @@
  *   read. Anything else found in a spool folder (FIFO, socket, device, symlink, directory) is
  *   renamed into aside/ without being opened, and listed there.
  *
- * Group commit. Nothing here calls fsync per file. A write that must be durable (a new job and
- * the keys reserved for it, a delivery attempt about to start) waits for the next commit: one
- * syncfs(2) of the spool's file system makes every write before it durable, data, inodes and
- * directory entries alike. The first writer to arrive while no commit runs becomes the leader
- * and commits for everyone waiting; those arriving during a commit wait for the next one, which
- * covers them all. So each request spends at most about one commit on its critical path, and
- * concurrent requests share it. Writes that need not precede an answer (done records, stored
- * answers, the unlinks of finished jobs, released keys) are not waited for: the next commit, or
- * the kernel's writeback, makes them durable. A crash may lose them, and then the job is found as
- * it was: still queued, with its delivery attempt marked started, so the front checks with the
- * API before sending it again (outbox_attempt_unknown).
+ * Group commit. A write that must be durable (a new job and the keys reserved for it, a delivery
+ * attempt about to start) enlists its file and its folder, then waits for the next commit. The
+ * first writer to arrive while no commit runs becomes the leader: it fdatasyncs every enlisted
+ * file and fsyncs each touched folder once, for everyone enlisted so far; those arriving during
+ * a commit wait for the next one, which covers them all. The first fdatasync forces one journal
+ * commit that carries every enlisted file's metadata, so the rest are nearly free: each request
+ * spends about one commit on its critical path, shared with the concurrent ones, and only the
+ * spool's own files are written back (never the whole file system's dirty data). Writes that
+ * need not precede an answer (done records, stored answers, the unlinks of finished jobs,
+ * released keys) are not enlisted: the kernel's writeback makes them durable. A crash may lose
+ * them, and then the job is found as it was: still queued, with its delivery attempt marked
+ * started, so the front checks with the API before sending it again (outbox_attempt_unknown).
  *
  * Each file's mtime carries a time on the outbox's clock: a queued job's next attempt, a done or
  * dead record's finish time, a key's expiry. Scans then need only stat(2); the JSON stays
  * authoritative and is checked after claiming.
  */
-/* syncfs(2) needs _GNU_SOURCE, which configure defines for the whole build. */
 #include "outbox_store.h"
 
 #include <dirent.h>
@@ -56,9 +56,15 @@
 #define SPOOL_KEY_HEX (2 * SHA256_DIGEST_SIZE)
 #define SPOOL_KEY_GRACE 60    /* seconds a key may point to a job not yet put */
 
+#define SPOOL_N_SUBDIRS 6
+
 struct outbox_store {
     char *dir;
-    int dir_fd;              /* the spool directory, for syncfs */
+    int dir_fd;              /* the spool directory */
+    int sub_fd[SPOOL_N_SUBDIRS]; /* each folder, for fsync after links and renames */
+    int *sync_fds;           /* enlisted for the next commit (owned dups); guarded by mu */
+    size_t n_sync, cap_sync;
+    unsigned dirty_dirs;     /* bit per folder touched by an enlisted write; guarded by mu */
     long long tmp_max_age;
     pthread_mutex_t mu;      /* guards the commit counters */
     pthread_cond_t cv;
@@ -74,7 +80,8 @@ struct outbox_hold {
     enum outbox_state state;
 };
 
-static const char *const spool_subdirs[] = {"tmp", "queue", "done", "dead", "keys", "aside"};
+static const char *const spool_subdirs[SPOOL_N_SUBDIRS] = {"tmp",  "queue", "done",
+                                                            "dead", "keys",  "aside"};
 
 /* The folder of each state that lives in a folder. */
 static const char *spool_sub(enum outbox_state s)
@@ -267,9 +274,73 @@ static unsigned long long spool_ticket(struct outbox_store *st)
     return t;
 }
 
+/* The index of folder sub in spool_subdirs. */
+static unsigned spool_sub_index(const char *sub)
+{
+    for (unsigned i = 0; i < SPOOL_N_SUBDIRS; i++)
+        if (strcmp(spool_subdirs[i], sub) == 0)
+            return i;
+    return 0;
+}
+
+/* Enlists fd (a dup is kept) and folder sub for the next commit. */
+static enum lb_err spool_enlist(struct outbox_store *st, int fd, const char *sub)
+{
+    enum lb_err e = LB_OK;
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
+    if (d < 0)
+        return LB_ERR_IO;
+    pthread_mutex_lock(&st->mu);
+    if (st->n_sync == st->cap_sync) {
+        size_t cap = st->cap_sync ? st->cap_sync * 2 : 64;
+        int *grown = realloc(st->sync_fds, cap * sizeof(*grown));
+
+        if (grown == NULL) {
+            e = LB_ERR_NOMEM;
+        } else {
+            st->sync_fds = grown;
+            st->cap_sync = cap;
+        }
+    }
+    if (e == LB_OK) {
+        st->sync_fds[st->n_sync++] = d;
+        st->dirty_dirs |= 1u << spool_sub_index(sub);
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (e != LB_OK)
+        (void)close(d);
+    return e;
+}
+
+/* Marks folder sub touched (a rename in it) for the next commit. */
+static void spool_mark_dir(struct outbox_store *st, const char *sub)
+{
+    pthread_mutex_lock(&st->mu);
+    st->dirty_dirs |= 1u << spool_sub_index(sub);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Makes the enlisted files and folders durable (the leader, outside the lock). */
+static enum lb_err spool_sync(struct outbox_store *st, int *fds, size_t n, unsigned dirs)
+{
+    enum lb_err e = LB_OK;
+
+    for (size_t i = 0; i < n; i++) {
+        if (fdatasync(fds[i]) != 0)
+            e = LB_ERR_IO;
+        (void)close(fds[i]);
+    }
+    for (unsigned i = 0; i < SPOOL_N_SUBDIRS; i++)
+        if ((dirs & (1u << i)) && st->sub_fd[i] >= 0 && fsync(st->sub_fd[i]) != 0 &&
+            errno != EINVAL)
+            e = LB_ERR_IO;
+    return e;
+}
+
 /*
- * Returns once ticket is durable: leads a commit (syncfs of the spool's file system) when none
- * is running, else waits for the one that covers it. LB_ERR_IO when that commit failed.
+ * Returns once ticket is durable: leads a commit (see group commit above) when none is running,
+ * else waits for the one that covers it. LB_ERR_IO when that commit failed.
  */
 static enum lb_err spool_commit(struct outbox_store *st, unsigned long long ticket)
 {
@@ -279,12 +350,18 @@ static enum lb_err spool_commit(struct outbox_store *st, unsigned long long tick
     while (st->committed < ticket) {
         if (!st->committing) {
             unsigned long long upto = st->wanted;
-            enum lb_err ce = LB_OK;
+            int *fds = st->sync_fds;
+            size_t n = st->n_sync;
+            unsigned dirs = st->dirty_dirs;
+            enum lb_err ce;
 
+            st->sync_fds = NULL;
+            st->n_sync = st->cap_sync = 0;
+            st->dirty_dirs = 0;
             st->committing = true;
             pthread_mutex_unlock(&st->mu);
-            if (syncfs(st->dir_fd) != 0)
-                ce = LB_ERR_IO;
+            ce = spool_sync(st, fds, n, dirs);
+            free(fds);
             pthread_mutex_lock(&st->mu);
             st->committing = false;
             st->committed = upto;
@@ -314,12 +391,13 @@ enum spool_place { SPOOL_REPLACE, SPOOL_NOREPLACE };
 /*
  * Writes data as sub/name: tmp/<hint>.<pid>.<random> → write → set mtime → rename
  * (SPOOL_REPLACE) or link (SPOOL_NOREPLACE: LB_ERR_CONFLICT when sub/name exists). Not durable
- * by itself (see group commit). With locked_fd the new file is flock'ed before it becomes visible
+ * by itself: with enlist it is enlisted for the next commit (see group commit). With locked_fd the new file is flock'ed before it becomes visible
  * and its fd returned in *locked_fd (caller closes). On any error no file is left in tmp/.
  */
 static enum lb_err spool_write_file(struct outbox_store *st, const char *sub, const char *name,
                                     const char *hint, const char *data, size_t len,
-                                    enum spool_place place, long long mtime, int *locked_fd)
+                                    enum spool_place place, long long mtime, int *locked_fd,
+                                    bool enlist)
 {
     char tmp[SPOOL_PATH_MAX], dest[SPOOL_PATH_MAX], suffix[64];
     struct timespec times[2];
@@ -371,6 +449,10 @@ static enum lb_err spool_write_file(struct outbox_store *st, const char *sub, co
         }
         (void)unlink(tmp);
     }
+    if (enlist && spool_enlist(st, fd, sub) != LB_OK) {
+        (void)close(fd);
+        return LB_ERR_IO;
+    }
     if (locked_fd != NULL)
         *locked_fd = fd;
     else if (close(fd) != 0)
@@ -386,14 +468,14 @@ fail:
 /* Dumps j compactly and writes it with spool_write_file. */
 static enum lb_err spool_write_json(struct outbox_store *st, const char *sub, const char *name,
                                     const char *hint, const json_t *j, enum spool_place place,
-                                    long long mtime, int *locked_fd)
+                                    long long mtime, int *locked_fd, bool enlist)
 {
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     enum lb_err e;
 
     if (s == NULL)
         return LB_ERR_NOMEM;
-    e = spool_write_file(st, sub, name, hint, s, strlen(s), place, mtime, locked_fd);
+    e = spool_write_file(st, sub, name, hint, s, strlen(s), place, mtime, locked_fd, enlist);
     free(s);
     return e;
 }
@@ -486,6 +568,10 @@ static void spool_close(struct outbox_store *st)
         (void)spool_flush(st);
         (void)close(st->dir_fd);
     }
+    for (size_t i = 0; i < SPOOL_N_SUBDIRS; i++)
+        if (st->sub_fd[i] >= 0)
+            (void)close(st->sub_fd[i]);
+    free(st->sync_fds);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
     free(st->dir);
@@ -517,7 +603,7 @@ static enum lb_err spool_put(struct outbox_store *st, const char *id, const json
         return lb_fail(err, LB_ERR_CONFLICT, "job %s exists already", id);
     snprintf(name, sizeof(name), "%s.json", id);
     errno = 0;
-    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, NULL);
+    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, NULL, true);
     if (e == LB_ERR_CONFLICT)
         return lb_fail(err, e, "job %s exists already", id);
     if (e != LB_OK)
@@ -548,7 +634,7 @@ static enum lb_err spool_quarantine(struct outbox_store *st, const char *sub, co
     if (rec == NULL)
         return LB_ERR_NOMEM;
     snprintf(name, sizeof(name), "%s.json", id);
-    e = spool_write_json(st, "dead", name, id, rec, SPOOL_REPLACE, now, NULL);
+    e = spool_write_json(st, "dead", name, id, rec, SPOOL_REPLACE, now, NULL, true);
     json_decref(rec);
     if (e != LB_OK)
         return e;
@@ -559,6 +645,8 @@ static enum lb_err spool_quarantine(struct outbox_store *st, const char *sub, co
         return LB_ERR_INTERNAL;
     if (rename(from, to) != 0)
         return LB_ERR_IO;
+    spool_mark_dir(st, sub);
+    spool_mark_dir(st, "dead");
     (void)spool_flush(st);
     return LB_ERR_GONE;
 }
@@ -699,7 +787,7 @@ static enum lb_err spool_write(struct outbox_store *st, struct outbox_hold *h, c
         return LB_ERR_INTERNAL;
     snprintf(name, sizeof(name), "%s.json", h->id);
     /* Rewritten in place first, then one rename: the job is never in two places. */
-    e = spool_write_json(st, sub, name, h->id, job, SPOOL_REPLACE, due, &fd);
+    e = spool_write_json(st, sub, name, h->id, job, SPOOL_REPLACE, due, &fd, durable);
     if (e != LB_OK)
         return e;
     (void)close(h->fd);
@@ -711,6 +799,10 @@ static enum lb_err spool_write(struct outbox_store *st, struct outbox_hold *h, c
         if (rename(from, to) != 0)
             return errno == ENOENT ? LB_ERR_NOT_FOUND : LB_ERR_IO;
         h->state = where;
+        if (durable) {
+            spool_mark_dir(st, sub);
+            spool_mark_dir(st, to_sub);
+        }
     }
     return durable ? spool_flush(st) : LB_OK;
 }
@@ -984,7 +1076,7 @@ static enum lb_err spool_reserve_key(struct outbox_store *st, const char *key,
         const char *jid, *body;
 
         /* Durable with the job's commit: a key matters only once its job is accepted. */
-        e = spool_write_json(st, "keys", name, job_id, rec, SPOOL_NOREPLACE, expires, NULL);
+        e = spool_write_json(st, "keys", name, job_id, rec, SPOOL_NOREPLACE, expires, NULL, true);
         if (e != LB_ERR_CONFLICT)
             goto out;
         /* Taken: a key file is complete the moment it exists (it was linked in whole). */
@@ -1151,6 +1243,8 @@ struct outbox_store *outbox_spool_open(const char *dir, long long tmp_max_age,
     if (st == NULL)
         goto nomem;
     st->dir_fd = -1;
+    for (i = 0; i < SPOOL_N_SUBDIRS; i++)
+        st->sub_fd[i] = -1;
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     st->tmp_max_age = tmp_max_age;
@@ -1159,13 +1253,18 @@ struct outbox_store *outbox_spool_open(const char *dir, long long tmp_max_age,
         goto nomem;
     if (spool_mkdir(dir, err) != LB_OK)
         goto fail;
-    for (i = 0; i < sizeof(spool_subdirs) / sizeof(spool_subdirs[0]); i++) {
+    for (i = 0; i < SPOOL_N_SUBDIRS; i++) {
         if (spool_path(st, p, sizeof(p), spool_subdirs[i], NULL, NULL) != LB_OK ||
             spool_mkdir(p, err) != LB_OK)
             goto fail;
+        st->sub_fd[i] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (st->sub_fd[i] < 0) {
+            lb_fail(err, LB_ERR_IO, "cannot open spool directory %s", p);
+            goto fail;
+        }
     }
     st->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (st->dir_fd < 0 || spool_flush(st) != LB_OK) {
+    if (st->dir_fd < 0 || fsync(st->dir_fd) != 0) {
         lb_fail(err, LB_ERR_IO, "cannot sync spool directory %s", dir);
         goto fail;
     }

@@ -141,6 +141,7 @@ bool target_prepare(const struct target *t, enum target_action action, const jso
         memset(call, 0, sizeof(*call));
         target_set(result, rc == LB_ERR_NOMEM ? DELIVERY_TRANSIENT : DELIVERY_PERMANENT,
                    "could not build the %s request: %s", t->ops->type, lb_strerror(rc));
+        metrics_delivery(t->name, delivery_outcome_name(result->outcome));
         return false;
     }
     return true;
@@ -156,6 +157,7 @@ void target_conclude(const struct target *t, enum target_action action, const ch
                    reply->transport_message[0] != '\0' ? reply->transport_message
                    : reply->transport == LB_ERR_TIMEOUT  ? "timed out"
                                                          : "the call failed");
+        metrics_delivery(t->name, delivery_outcome_name(result->outcome));
         return;
     }
     t->ops->classify(t->state, action, reply, result);
@@ -184,6 +186,7 @@ void target_conclude(const struct target *t, enum target_action action, const ch
             result->retry_after = wait > 0 ? wait : 0;
         }
     }
+    metrics_delivery(t->name, delivery_outcome_name(result->outcome));
 }
 
 void target_deliver(const struct target *t, struct http_client *http, enum target_action action,
@@ -423,8 +426,10 @@ void target_deliver_checked(const struct target *t, struct http_client *http,
 
         target_result_init(result);
         found = target_lookup(t, http, lead, submission_id, result);
-        if (found != 0)
+        if (found != 0) {
+            metrics_delivery(t->name, delivery_outcome_name(result->outcome));
             return;
+        }
     }
     target_deliver(t, http, action, lead, lead_id, submission_id, result);
 }
