@@ -22,6 +22,7 @@
 #include "parse.h"
 #include "quarantine.h"
 #include "ratelimit.h"
+#include "throttle.h"
 #include "rules.h"
 #include "target.h"
 #include "verify.h"
@@ -382,7 +383,15 @@ static void load_targets(struct config *c, struct site *st, const json_t *target
             continue;
         }
         t->name = strdup(name);
-        t->state = t->ops->configure(obj, p, d);
+        throttle_conf_read(obj, type, p, t, d);
+        /* "rate_limit" is ours, not the target type's: its own keys are checked without it. */
+        {
+            json_t *own = json_copy(obj);
+
+            json_object_del(own, "rate_limit");
+            t->state = t->ops->configure(own != NULL ? own : obj, p, d);
+            json_decref(own);
+        }
         target_file[c->n_targets] = st->file;
         c->n_targets++;
     }

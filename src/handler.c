@@ -33,6 +33,7 @@
 #include "quarantine.h"
 #include "rules.h"
 #include "target.h"
+#include "throttle.h"
 #include "verify.h"
 #include "visitor.h"
 
@@ -492,7 +493,7 @@ static void summarize(struct job *j, enum target_action action, struct outbox_cl
                 }
             }
         } else {
-            if (res.outcome == DELIVERY_TRANSIENT) {
+            if (res.outcome == DELIVERY_TRANSIENT || res.outcome == DELIVERY_DEFERRED) {
                 transient++;
                 if (res.retry_after > retry_after)
                     retry_after = res.retry_after;
@@ -501,7 +502,7 @@ static void summarize(struct job *j, enum target_action action, struct outbox_cl
             }
             /* The page gets our words; the API's own text goes to the log and the job. */
             snprintf(word, sizeof(word), "%s",
-                     res.outcome == DELIVERY_TRANSIENT ? "queued" : "failed");
+                     res.outcome == DELIVERY_PERMANENT ? "failed" : "queued");
             if (reason[0] == '\0' || (permanent > 0 && res.outcome == DELIVERY_PERMANENT))
                 snprintf(reason, sizeof(reason), "%s", res.reason);
             log_detail_add(j->w, t->name, res.reason);
@@ -529,7 +530,8 @@ static void summarize(struct job *j, enum target_action action, struct outbox_cl
             const struct target *t = j->form->targets[i];
             char jobref[64], ref[LEADREF_MAX];
 
-            if (!target_in_play(j, i) || results[i].outcome != DELIVERY_TRANSIENT)
+            if (!target_in_play(j, i) || (results[i].outcome != DELIVERY_TRANSIENT &&
+                                          results[i].outcome != DELIVERY_DEFERRED))
                 continue;
             snprintf(jobref, sizeof(jobref), "%s%s", LEADREF_JOB_PREFIX, j->submission_id);
             if (leadref_sign(j->cfg->secret, t->name, jobref,
@@ -859,11 +861,17 @@ static void deliver_now(struct job *j, enum target_action action, struct outbox_
         return;
     }
     for (size_t i = 0; i < n; i++) {
+        const struct target *t = j->form->targets[i];
+
         target_result_init(&results[i]);
-        if (target_in_play(j, i))
-            target_deliver(j->form->targets[i], j->w->http, action, j->lead,
-                           action == TARGET_UPDATE ? j->update_lead_id : NULL,
-                           j->submission_id, &results[i]);
+        if (!target_in_play(j, i) ||
+            throttle_defer(j->w->limits, t, false, NULL, j->submission_id, wall_ms(),
+                           &results[i]))
+            continue;
+        target_deliver(t, j->w->http, action, j->lead,
+                       action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id,
+                       &results[i]);
+        throttle_after(j->w->limits, t, NULL, &results[i], wall_ms());
     }
     summarize(j, action, claim, results, out, rec);
     free(results);
@@ -944,6 +952,7 @@ static void pending_call_done(void *ctx, const struct http_reply *reply)
 
     target_conclude(t, p->action, p->action == TARGET_UPDATE ? p->j.update_lead_id : NULL,
                     p->j.submission_id, reply, &p->results[pc->index]);
+    throttle_after(p->w.limits, t, NULL, &p->results[pc->index], wall_ms());
     free(pc);
     pthread_mutex_lock(&p->mu);
     left = --p->waiting;
@@ -973,6 +982,8 @@ static bool defer(struct job *j, enum target_action action, struct outbox_claim 
     for (size_t i = 0; i < n; i++) {
         target_result_init(&p->results[i]);
         if (target_in_play(j, i) &&
+            !throttle_defer(j->w->limits, j->form->targets[i], false, NULL, j->submission_id,
+                            wall_ms(), &p->results[i]) &&
             target_prepare(j->form->targets[i], action, j->lead,
                            action == TARGET_UPDATE ? j->update_lead_id : NULL, j->submission_id,
                            &built[i], &p->results[i]))

@@ -38,6 +38,7 @@
 #include "quarantine.h"
 #include "ratelimit.h"
 #include "rules.h"
+#include "throttle.h"
 #include "target.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/leadbridge/leadbridge.json"
@@ -71,6 +72,7 @@ struct retry_ctx {
     const struct config *cfg;
     struct http_client *http;
     long long now; /* the pass's clock */
+    struct ratelimit *limits; /* the targets' outbound rate limits (throttle.h); NULL: none */
 };
 
 static enum target_action action_from_name(const char *name)
@@ -114,9 +116,13 @@ static void retry_deliver(void *arg, const json_t *job, const char *target, cons
             return;
         }
     }
+    if (throttle_defer(ctx->limits, t, true, entry, json_string_value(json_object_get(job, "id")),
+                       throttle_now_ms(), result))
+        return;
     target_deliver_checked(t, ctx->http, action, json_object_get(entry, "lead"),
                            json_string_value(json_object_get(entry, "lead_id")),
                            json_string_value(json_object_get(job, "id")), unknown, result);
+    throttle_after(ctx->limits, t, entry, result, throttle_now_ms());
 }
 
 static void log_run_stats(const struct outbox_run_stats *st)
@@ -130,7 +136,7 @@ static void log_run_stats(const struct outbox_run_stats *st)
 static void *retry_main(void *arg)
 {
     struct server *s = arg;
-    struct retry_ctx ctx = {NULL, http_client_new(), 0};
+    struct retry_ctx ctx = {NULL, http_client_new(), 0, s->extras->limits};
 
     if (ctx.http == NULL) {
         log_msg(LOG_ERROR, "retry worker could not start");
@@ -765,7 +771,7 @@ static int queue_command(const struct config *cfg, struct outbox *ob,
     if (strcmp(cmd, "stats") == 0)
         return monitor_print_stats(ob, o->json, o->now, stdout);
     if (strcmp(cmd, "run") == 0) {
-        struct retry_ctx ctx = {cfg, http_client_new(), o->now};
+        struct retry_ctx ctx = {cfg, http_client_new(), o->now, extras->limits};
         struct outbox_run_stats st;
 
         memset(&st, 0, sizeof(st));
@@ -972,9 +978,9 @@ int main(int argc, char **argv)
         ob = outbox_open(cfg->spool_dir, &oc, &err);
         if (ob != NULL)
             extras.quarantine = quarantine_open(cfg->spool_dir, cfg->spam_retention, &err);
-        if (extras.quarantine != NULL && !queue)
+        if (extras.quarantine != NULL)
             extras.limits = ratelimit_open(cfg->spool_dir, cfg->shared_slots, &err);
-        if (ob == NULL || extras.quarantine == NULL || (extras.limits == NULL && !queue)) {
+        if (ob == NULL || extras.quarantine == NULL || extras.limits == NULL) {
             if (ob == NULL && oc.store == OUTBOX_STORE_POSTGRESQL)
                 fprintf(stderr, "leadbridge: outbox (postgresql): %s\n", err.message);
             else

@@ -43,6 +43,7 @@ struct outbox_claim {
     char id[OUTBOX_ID_SIZE];
     json_t *job;            /* owned */
     bool transient;         /* a transient failure was recorded */
+    long long deferred;     /* largest wait of a target deferred by its rate limit, or -1 */
     long long retry_after;  /* largest retry_after recorded, or -1 */
 };
 
@@ -543,6 +544,7 @@ static enum lb_err outbox_claim_in(struct outbox *ob, const char *id, unsigned m
     memcpy(c->id, id, OUTBOX_ID_SIZE);
     c->job = job;
     c->retry_after = -1;
+    c->deferred = -1;
     *out = c;
     return LB_OK;
 }
@@ -582,6 +584,25 @@ enum lb_err outbox_record(struct outbox_claim *c, const char *target,
 
     if (!json_is_object(entry))
         return LB_ERR_NOT_FOUND;
+    if (result->outcome == DELIVERY_DEFERRED) {
+        /* Not sent (the target's rate limit): no attempt counted and none in flight, unless an
+         * earlier interrupted one is still unknown (then it stays so, dated as it was). */
+        json_t *since = json_object_get(entry, "unknown_since");
+
+        if (!json_is_true(json_object_get(entry, "check_existing")))
+            e = outbox_set_int(entry, "started", outbox_int(entry, "attempts", 0));
+        else
+            e = json_is_integer(since)
+                    ? outbox_set_int(entry, "started_at", json_integer_value(since)) : LB_OK;
+        (void)json_object_del(entry, "check_existing");
+        (void)json_object_del(entry, "unknown_since");
+        if (e == LB_OK && json_object_set_new(entry, "throttled", json_true()) != 0)
+            e = LB_ERR_NOMEM;
+        if (result->retry_after > c->deferred)
+            c->deferred = result->retry_after > 0 ? result->retry_after : 1;
+        return e;
+    }
+    (void)json_object_del(entry, "throttled");
     e = outbox_set_int(entry, "attempts", outbox_int(entry, "attempts", 0) + 1);
     if (e == LB_OK && result->outcome == DELIVERY_TRANSIENT && result->still_unknown) {
         /* Still not known whether an interrupted attempt made the lead: keep it open, dated
@@ -837,10 +858,17 @@ enum lb_err outbox_finish(struct outbox_claim *c, long long now, enum outbox_sta
                 next = deadline;
             if (c->retry_after >= 0 && next < now + c->retry_after)
                 next = now + c->retry_after;
+            if (c->deferred >= 0 && next < now + c->deferred)
+                next = now + c->deferred;
             e = outbox_set_int(c->job, "next_attempt", next);
             if (e != LB_OK)
                 goto out;
         }
+    } else if (c->deferred >= 0) {
+        /* Only held back by a rate limit: due again when it allows, not a retry. */
+        e = outbox_set_int(c->job, "next_attempt", now + c->deferred);
+        if (e != LB_OK)
+            goto out;
     }
 
     if (where == OUTBOX_QUEUED) {

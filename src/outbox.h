@@ -230,8 +230,11 @@ const char *outbox_claim_id(const struct outbox_claim *c);
  * Records the outcome of one delivery of target in the claim (in memory until outbox_save or
  * outbox_finish): DELIVERY_OK → "delivered" with result.lead_id / result.valuation (copied);
  * DELIVERY_TRANSIENT → stays "pending", its attempts, last_error, last_status, retry_after set;
- * DELIVERY_PERMANENT → "dead" with last_error and last_status. Returns LB_ERR_NOT_FOUND for an
- * unknown target, LB_ERR_NOMEM.
+ * DELIVERY_PERMANENT → "dead" with last_error and last_status; DELIVERY_DEFERRED (not sent: the
+ * target's rate limit) → stays "pending" ("throttled": true) with no attempt counted and the
+ * started mark undone, and
+ * outbox_finish makes the job due again after result.retry_after seconds (at least 1), with no
+ * step on the retry schedule. Returns LB_ERR_NOT_FOUND for an unknown target, LB_ERR_NOMEM.
  */
 enum lb_err outbox_record(struct outbox_claim *c, const char *target,
                           const struct target_result *result, long long now);

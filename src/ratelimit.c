@@ -209,6 +209,57 @@ bool ratelimit_take(struct ratelimit *rl, const char *key, double burst, double 
     return ok;
 }
 
+void ratelimit_mark(struct ratelimit *rl, const char *key, long long until_ms, long long now_ms)
+{
+    struct rl_slot *s;
+    bool fresh;
+
+    if (until_ms <= now_ms)
+        return;
+    rl_lock(rl);
+    s = rl_find(rl, rl_hash(key, RL_MARK), now_ms, &fresh);
+    if (fresh)
+        s->stamp = now_ms;
+    if (fresh || s->until < until_ms)
+        s->until = until_ms;
+    rl_unlock(rl);
+}
+
+long long ratelimit_marked(struct ratelimit *rl, const char *key, long long now_ms)
+{
+    uint64_t h = rl_hash(key, RL_MARK);
+    size_t start = (size_t)(h % rl->slots);
+    long long until = 0;
+
+    rl_lock(rl);
+    for (size_t i = 0; i < RL_PROBE && until == 0; i++) {
+        const struct rl_slot *s = &rl->slot[(start + i) % rl->slots];
+
+        if (s->key == h && s->until > now_ms)
+            until = s->until;
+    }
+    rl_unlock(rl);
+    return until;
+}
+
+long long ratelimit_add(struct ratelimit *rl, const char *key, long long delta, long long until_ms,
+                        long long now_ms)
+{
+    struct rl_slot *s;
+    bool fresh;
+    long long v;
+
+    rl_lock(rl);
+    s = rl_find(rl, rl_hash(key, RL_COUNT), now_ms, &fresh);
+    s->value += (double)delta;
+    if (s->value < 0)
+        s->value = 0;
+    s->until = until_ms > now_ms ? until_ms : now_ms + 1;
+    v = (long long)s->value;
+    rl_unlock(rl);
+    return v;
+}
+
 void ratelimit_hold(struct ratelimit *rl, const char *key, long long until_ms, long long now_ms)
 {
     struct rl_slot *s;

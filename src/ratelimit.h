@@ -54,6 +54,16 @@ bool ratelimit_count(struct ratelimit *rl, const char *key, long long limit, lon
  */
 bool ratelimit_first_use(struct ratelimit *rl, const char *key, long long until_ms,
                          long long now_ms);
+/* Marks key until until_ms (a later mark wins; an earlier one is ignored). */
+void ratelimit_mark(struct ratelimit *rl, const char *key, long long until_ms, long long now_ms);
+/* Until when a mark of key (ratelimit_mark or ratelimit_first_use) lives: ms, or 0 when none. */
+long long ratelimit_marked(struct ratelimit *rl, const char *key, long long now_ms);
+/*
+ * Adds delta to the counter key (never below 0), which then lives until until_ms; returns the
+ * new value. A counter not touched before it expires reads 0 again.
+ */
+long long ratelimit_add(struct ratelimit *rl, const char *key, long long delta, long long until_ms,
+                        long long now_ms);
 /* Pauses the bucket key until until_ms (a later hold wins; an earlier one is ignored). */
 void ratelimit_hold(struct ratelimit *rl, const char *key, long long until_ms, long long now_ms);
 

@@ -39,6 +39,7 @@ static const char *const delivery_outcome_names[DELIVERY__MAX] = {
     [DELIVERY_OK] = "ok",
     [DELIVERY_TRANSIENT] = "transient",
     [DELIVERY_PERMANENT] = "permanent",
+    [DELIVERY_DEFERRED] = "deferred",
 };
 
 const struct target_ops *target_ops_find(const char *type)

@@ -24,6 +24,7 @@ enum delivery_outcome {
     DELIVERY_OK = 0,     /* the API took it */
     DELIVERY_TRANSIENT,  /* try again later: connection, timeout, 5xx, 408, 429 */
     DELIVERY_PERMANENT,  /* the API refused it: other 4xx; retrying will not help */
+    DELIVERY_DEFERRED,   /* not sent: the target's rate limit (throttle.h); retry_after says when */
     DELIVERY__MAX
 };
 
@@ -77,6 +78,8 @@ struct target_ops {
 
 struct target {
     char *name;                 /* the key under "targets" in the config */
+    double rate_per_minute;     /* outbound rate limit ("rate_limit", throttle.h); 0: none */
+    double rate_burst;
     const struct target_ops *ops;
     void *state;
 };

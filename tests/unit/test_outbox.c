@@ -1368,3 +1368,33 @@ Test(outbox, concurrent_puts_all_land_whole)
     cr_assert_eq(count_files("tmp", NULL), 0);
     outbox_close(ob);
 }
+
+Test(outbox, deferred_by_a_rate_limit_is_no_attempt)
+{
+    struct outbox *ob = open_spool(NULL);
+    struct outbox_claim *c = NULL;
+    struct target_result r;
+    enum outbox_state where;
+    char id[OUTBOX_ID_SIZE];
+    json_t *job, *entry;
+
+    put_job(ob, id, T0, one_target);
+    cr_assert_eq(outbox_claim(ob, id, &c), LB_OK);
+    cr_assert_eq(outbox_begin_attempt(c, "leadpro", T0), LB_OK);
+    target_result_init(&r);
+    r.outcome = DELIVERY_DEFERRED;
+    r.retry_after = 3;
+    cr_assert_eq(outbox_record(c, "leadpro", &r, T0), LB_OK);
+    cr_assert_eq(outbox_finish(c, T0, &where), LB_OK);
+    cr_assert_eq(where, OUTBOX_QUEUED);
+    job = load_json("queue", id);
+    entry = json_object_get(json_object_get(job, "targets"), "leadpro");
+    cr_expect_eq(json_integer_value(json_object_get(job, "attempts")), 0, "not a retry");
+    cr_expect_eq(json_integer_value(json_object_get(entry, "attempts")), 0);
+    cr_expect_eq(json_integer_value(json_object_get(entry, "started")), 0, "nothing in flight");
+    cr_expect(json_is_true(json_object_get(entry, "throttled")));
+    cr_expect_eq(json_integer_value(json_object_get(job, "next_attempt")), T0 + 3,
+                 "due when the bucket allows, not on the retry schedule");
+    json_decref(job);
+    outbox_close(ob);
+}

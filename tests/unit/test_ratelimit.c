@@ -15,6 +15,7 @@
 
 #include "ratelimit.h"
 #include "shmfile.h"
+#include "throttle.h"
 
 #define T0 1700000000000LL
 
@@ -174,4 +175,45 @@ Test(ratelimit, shmfile_grows_and_keeps)
     shmfile_close(m, 8192);
     cr_expect_null(shmfile_open("/nonexistent-dir/x.map", 4096, &err));
     cr_expect_eq(err.code, LB_ERR_IO);
+}
+
+Test(ratelimit, throttle_keeps_the_rate_order_and_429)
+{
+    struct ratelimit *rl = open_table(4096);
+    struct target t = {.name = "lp", .rate_per_minute = 62, .rate_burst = 2};
+    struct target_result r;
+    json_t *counted = json_pack("{s:b}", "throttled", 1);
+    int sent = 0;
+    const char *ids[] = {"a", "b", "c", "d", "e"};
+
+    /* a bucket of 2 that refills at (62 - 2) / 60 = 1 a second */
+    for (int i = 0; i < 5; i++) {
+        target_result_init(&r);
+        if (!throttle_defer(rl, &t, false, NULL, ids[i], T0, &r))
+            sent++;
+    }
+    cr_expect_eq(sent, 2);
+    cr_expect_eq(r.outcome, DELIVERY_DEFERRED);
+    cr_expect_eq(r.retry_after, 1);
+    /* later, with room in the bucket: the request path still waits behind the deferred leads,
+     * the outbox's worker (oldest first) goes */
+    target_result_init(&r);
+    cr_expect(throttle_defer(rl, &t, false, NULL, "f", T0 + 5000, &r), "a new lead queues behind");
+    target_result_init(&r);
+    cr_expect(!throttle_defer(rl, &t, true, counted, "c", T0 + 5000, &r), "the queued one goes");
+    for (int i = 0; i < 4; i++)
+        throttle_after(rl, &t, counted, &r, T0 + 5000);
+    target_result_init(&r);
+    cr_expect(!throttle_defer(rl, &t, false, NULL, "g", T0 + 6000, &r), "backlog drained");
+    /* a 429 holds the whole target for its Retry-After */
+    r.http_status = 429;
+    r.retry_after = 30;
+    throttle_after(rl, &t, NULL, &r, T0 + 6000);
+    target_result_init(&r);
+    cr_expect(throttle_defer(rl, &t, true, NULL, "h", T0 + 20000, &r));
+    cr_expect_geq(r.retry_after, 16);
+    target_result_init(&r);
+    cr_expect(!throttle_defer(rl, &t, true, NULL, "h", T0 + 38000, &r), "after the hold");
+    json_decref(counted);
+    ratelimit_close(rl);
 }
