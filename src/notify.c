@@ -783,10 +783,16 @@ enum lb_err notify_start(struct outbox *ob)
     N.ob = ob;
     N.stopping = false;
     if (!N.thread_running) {
+        sigset_t all, old;
+
+        /* The thread starts with every signal blocked: none may ever be delivered to it. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
         if (pthread_create(&N.thread, NULL, notify_main, NULL) == 0)
             N.thread_running = true;
         else
             e = LB_ERR_INTERNAL;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     pthread_mutex_unlock(&N.lock);
     return e;
