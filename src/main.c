@@ -1011,6 +1011,15 @@ int main(int argc, char **argv)
 
     listen_pid = getenv("LISTEN_PID");
     if (socket_spec != NULL) {
+        /* The stop signals are for the signal thread alone, from the moment anyone can connect
+         * (a supervisor may send SIGTERM as soon as we accept): every thread inherits this. */
+        sigset_t stop;
+
+        sigemptyset(&stop);
+        sigaddset(&stop, SIGTERM);
+        sigaddset(&stop, SIGINT);
+        sigaddset(&stop, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &stop, NULL);
         listen_fd = open_listen_socket(socket_spec);
         if (listen_fd < 0)
             goto out;
