@@ -513,7 +513,7 @@ static bool has_server_keys(const json_t *root)
 static void load_server(struct config *c, const json_t *root, struct diag *d)
 {
     c->ref_ttl = conf_integer(root, "ref_ttl", "", 86400, 60, 365LL * 86400, d);
-    c->spool_dir = strdup(conf_string(root, "spool", "", LOCALSTATEDIR "/spool/leadbridge",
+    c->spool_dir = strdup(conf_string(root, "spool", "", LOCALSTATEDIR "/lib/leadbridge",
                                       false, d));
     outbox_conf_from_json(json_object_get(root, "outbox"), "outbox", d, &c->outbox);
     load_spam(c, json_object_get(root, "spam"), d);

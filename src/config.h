@@ -55,7 +55,7 @@ struct config {
     char *dir;               /* the file's directory: relative file names start there */
     char *secret;            /* HMAC key for lead references */
     long long ref_ttl;       /* seconds a lead reference stays valid */
-    char *spool_dir;         /* the outbox (default LOCALSTATEDIR/spool/leadbridge) */
+    char *spool_dir;         /* the outbox (default LOCALSTATEDIR/lib/leadbridge) */
     struct outbox_conf outbox;
     long long spam_retention; /* seconds quarantined spam is kept ("spam.retention") */
     size_t shared_slots;     /* slots of the shared rate-limit table ("spam.shared_slots") */
