@@ -545,7 +545,9 @@ class Crash(OutboxCase):
 
         # Drain: a clean bridge, then passes on a clock an hour ahead until nothing is queued.
         restart_bridge(st)
-        for _ in range(20):
+        # Interrupted attempts are looked up only once they can no longer be in flight (a few
+        # real seconds each), so the drain may take a while on a loaded machine.
+        for _ in range(120):
             queue(st, "run", now=int(time.time()) + HOUR)
             left = [x for x in queue(st, "list") if x["state"] == "queued"]
             if not left:
