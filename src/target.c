@@ -352,7 +352,7 @@ enum lb_err target_lookup_url(struct http_call *call, const char *prefix, const 
     o = (size_t)n;
     if (email != NULL && !target_query_add(call->url, sizeof(call->url), &o, "email", email))
         return LB_ERR_INTERNAL;
-    if (phone != NULL && !target_query_add(call->url, sizeof(call->url), &o, "phone", phone))
+    if (email == NULL && !target_query_add(call->url, sizeof(call->url), &o, "phone", phone))
         return LB_ERR_INTERNAL;
     call->method = "GET";
     return LB_OK;

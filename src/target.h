@@ -119,9 +119,10 @@ void target_deliver_checked(const struct target *t, struct http_client *http,
 bool target_lookup_match(const char *body, size_t len, const char *submission_id,
                          char *lead_id, size_t size);
 /*
- * Fills call->url with prefix + "?email=..&phone=.." from lead's email and phone (percent-encoded;
- * either may be missing). LB_ERR_NOT_FOUND when the lead has neither, LB_ERR_INTERNAL when it does
- * not fit.
+ * Fills call->url with prefix + "?email=.." from lead's email, or "?phone=.." when it has no email
+ * (percent-encoded). One key only: both APIs match either key, and a phone shared by a household
+ * or an office would list every lead of all its people. LB_ERR_NOT_FOUND when the lead has
+ * neither, LB_ERR_INTERNAL when it does not fit.
  */
 enum lb_err target_lookup_url(struct http_call *call, const char *prefix, const json_t *lead);
 /*

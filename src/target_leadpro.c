@@ -1225,8 +1225,8 @@ static bool leadpro_supports(enum target_action action)
 }
 
 /*
- * See struct target_ops.build_lookup: GET /person/leads?email=&phone= (either is enough), with
- * the same key. Our create puts the submission id in meta "leadbridge_id"; the match reads it.
+ * See struct target_ops.build_lookup: GET /person/leads?email= (or ?phone= without an email; see
+ * target_lookup_url), with the same key. Our create puts the submission id in meta "leadbridge_id"; the match reads it.
  */
 static enum lb_err leadpro_build_lookup(const void *state, const json_t *lead,
                                         struct http_call *call)

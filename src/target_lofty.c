@@ -851,7 +851,7 @@ out:
 }
 
 /*
- * See struct target_ops.build_lookup: GET /v1.0/leads?email=&phone=. Our create's note carries
+ * See struct target_ops.build_lookup: GET /v1.0/leads?email= (or ?phone=). Our create's note carries
  * "leadbridge id: <submission id>" (and the attribute leadbridge_id); the match reads either.
  * Lofty persists asynchronously, so a lead made a moment ago may not be found yet: the caller
  * waits a while after an interrupted attempt before asking (see main.c).

@@ -81,11 +81,39 @@ def find_nginx():
     return n
 
 
+_handed_out = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that was free a moment ago, for a server the test starts next.
+
+    Never one this process handed out before, and never one from the kernel's ephemeral range:
+    bind(0) and every outgoing connection (curl, nginx to the bridge) take their ports from that
+    range, so a port picked there can be taken by someone else before our server binds it (CI
+    once saw Apache's port answered by a stand-in started a moment earlier)."""
+    import random
+    hi = min(_ephemeral_low(), 65536)
+    lo = 20000 if hi > 21000 else 1024
+    for _ in range(1000):
+        port = random.randrange(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def tail(path, n=60):

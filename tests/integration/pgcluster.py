@@ -40,9 +40,8 @@ def find_bindir():
 
 
 def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    import harness
+    return harness.free_port()
 
 
 def _run_as():
