@@ -158,7 +158,9 @@ class Reload(unittest.TestCase):
 
     def test_request_in_flight_finishes_on_its_config(self):
         st = self.st
-        st.standin_mode({"api": "leadpro", "mode": "slow", "delay": 3, "count": 1})
+        # 8 s: the reload below must land while the API still holds the request, with room for
+        # a sanitizer build on a loaded CI machine (3 s was once not enough there).
+        st.standin_mode({"api": "leadpro", "mode": "slow", "delay": 8, "count": 1})
         result = {}
 
         def create():
