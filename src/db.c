@@ -70,8 +70,23 @@ static const char *const db_migration_1[] = {
     NULL,
 };
 
+/*
+ * Version 2: the targets' outbound rate limits shared by the hosts (outbox_pg.c). Version 1's
+ * leadbridge_target_rate (counts per fixed window) was never used; a token bucket per target
+ * replaces it: tat, the bucket's "theoretical arrival time", and not_before, the end of a 429's
+ * hold, both milliseconds since the epoch on the database's clock.
+ */
+static const char *const db_migration_2[] = {
+    "DROP TABLE leadbridge_target_rate",
+    "CREATE TABLE leadbridge_target_rate ("
+    "  target text PRIMARY KEY,"
+    "  tat double precision NOT NULL,"
+    "  not_before double precision NOT NULL DEFAULT 0)",
+    NULL,
+};
+
 /* db_migrations[i]: the statements from version i to i + 1. */
-static const char *const *const db_migrations[] = {db_migration_1};
+static const char *const *const db_migrations[] = {db_migration_1, db_migration_2};
 
 #define DB_N_MIGRATIONS (sizeof(db_migrations) / sizeof(db_migrations[0]))
 

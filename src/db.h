@@ -24,7 +24,7 @@
 
 #include "err.h"
 
-#define DB_SCHEMA_VERSION 1     /* the schema this build reads and writes */
+#define DB_SCHEMA_VERSION 2     /* the schema this build reads and writes */
 #define DB_POOL_MAX 1024
 #define DB_ACQUIRE_WAIT_MS 5000 /* longest wait for a free connection */
 

@@ -20,6 +20,13 @@
  *   with SELECT ... FOR UPDATE SKIP LOCKED, so a claimer never waits on a row being changed.
  * - Work due now is announced with NOTIFY leadbridge_outbox (in the same transaction as the
  *   write); a retry worker waiting in pg_wait() LISTENs on its own connection and wakes at once.
+ * - The targets' outbound rate limits are shared by the hosts (throttle_share, throttle.h): one
+ *   row per target in leadbridge_target_rate, a token bucket kept as its "theoretical arrival
+ *   time" (GCRA: tat, ms on the database's clock) and a "not before" time set by a 429. Taking a
+ *   slot is one INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING: the row lock makes it
+ *   atomic across hosts, and a host that finds no slot changes nothing. Those statements commit
+ *   asynchronously: a crash of the database may forget the last few slots taken (a burst a
+ *   little over the rate once after such a crash), never a job.
  * - Every statement has its values as parameters (db_exec); nothing is spliced into SQL text.
  */
 #include "outbox_pg.h"
@@ -38,6 +45,7 @@
 #include "crypto.h"
 #include "db.h"
 #include "log.h"
+#include "throttle.h"
 
 #define PG_KEY_GRACE 60   /* seconds a key may point to a job not yet put (as the spool) */
 #define PG_KEY_TRIES 4
@@ -49,6 +57,7 @@ struct outbox_store {
     PGconn *listen;         /* the waiting thread's LISTEN connection, or NULL */
     pthread_mutex_t wait_lock; /* one waiter at a time */
     int wake[2];            /* pipe: pg_wake() writes, pg_wait() polls */
+    struct throttle_shared rates; /* the targets' buckets in the database (throttle.h) */
 };
 
 struct outbox_hold {
@@ -128,6 +137,7 @@ static void pg_close(struct outbox_store *st)
 {
     if (st == NULL)
         return;
+    throttle_unshare(st);
     PQfinish(st->listen);
     db_pool_close(st->pool);
     if (st->wake[0] >= 0)
@@ -660,6 +670,100 @@ static enum lb_err pg_flush(struct outbox_store *st)
     return e;
 }
 
+/* ---- the targets' rate limits, shared by the hosts ---- */
+
+static void pg_float(char out[40], double v)
+{
+    snprintf(out, 40, "%.3f", v);
+}
+
+/*
+ * GCRA: a slot costs interval = 1000 / per_second ms; a target may take one at now when
+ * max(tat, now) + interval - now <= burst * interval (a full bucket of burst) and now is past
+ * not_before; taking it moves tat to max(tat, now) + interval. A target's first slot makes its
+ * row. The wait when there is none is read from the row as it was when the statement began.
+ */
+static int pg_rate_take(void *arg, const char *target, double burst, double per_second,
+                        long long *wait_ms)
+{
+    struct outbox_store *st = arg;
+    char interval[40], span[40];
+    const char *params[3];
+    struct lb_error err = {LB_OK, ""};
+    PGconn *c;
+    PGresult *r;
+    int took = -1;
+
+    *wait_ms = 1000;
+    pg_float(interval, 1000.0 / per_second);
+    pg_float(span, burst * 1000.0 / per_second);
+    params[0] = target;
+    params[1] = interval;
+    params[2] = span;
+    c = db_acquire(st->pool, &err);
+    if (c == NULL)
+        return -1;
+    r = db_exec(c,
+                "WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now,"
+                "   set_config('synchronous_commit', 'off', true) AS sc),"
+                " took AS (INSERT INTO leadbridge_target_rate AS r (target, tat, not_before)"
+                "   SELECT $1, clock.now + $2::float8, 0 FROM clock WHERE clock.sc IS NOT NULL"
+                "   ON CONFLICT (target) DO UPDATE"
+                "   SET tat = GREATEST(r.tat, EXCLUDED.tat - $2::float8) + $2::float8"
+                "   WHERE r.not_before <= EXCLUDED.tat - $2::float8"
+                "   AND GREATEST(r.tat, EXCLUDED.tat - $2::float8) + $2::float8"
+                "     <= EXCLUDED.tat - $2::float8 + $3::float8"
+                "   RETURNING 1)"
+                " SELECT (SELECT count(*) FROM took),"
+                "  (SELECT ceil(GREATEST(r.not_before - clock.now,"
+                "     r.tat + $2::float8 - $3::float8 - clock.now))::bigint"
+                "   FROM leadbridge_target_rate r WHERE r.target = $1)"
+                " FROM clock",
+                3, params, &err);
+    if (r != NULL && PQntuples(r) == 1) {
+        took = strcmp(PQgetvalue(r, 0, 0), "1") == 0;
+        if (!took && !PQgetisnull(r, 0, 1))
+            *wait_ms = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    } else if (r == NULL) {
+        log_msg(LOG_WARN, "outbox: rate limit of %s: %s", target, err.message);
+    }
+    PQclear(r);
+    db_release(st->pool, c);
+    return took;
+}
+
+/* A 429: no slot for hold_ms, and the bucket empty at the end of it (as the host's own). */
+static void pg_rate_hold(void *arg, const char *target, double burst, double per_second,
+                         long long hold_ms)
+{
+    struct outbox_store *st = arg;
+    char hold[40], span[40];
+    const char *params[3];
+    struct lb_error err = {LB_OK, ""};
+    PGconn *c;
+
+    pg_float(hold, (double)hold_ms);
+    pg_float(span, burst * 1000.0 / per_second);
+    params[0] = target;
+    params[1] = hold;
+    params[2] = span;
+    c = db_acquire(st->pool, &err);
+    if (c == NULL)
+        return;
+    if (db_command(c,
+                   "WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now,"
+                   "   set_config('synchronous_commit', 'off', true) AS sc)"
+                   " INSERT INTO leadbridge_target_rate AS r (target, tat, not_before)"
+                   " SELECT $1, clock.now + $2::float8 + $3::float8, clock.now + $2::float8"
+                   " FROM clock WHERE clock.sc IS NOT NULL"
+                   " ON CONFLICT (target) DO UPDATE"
+                   " SET not_before = GREATEST(r.not_before, EXCLUDED.not_before),"
+                   "  tat = GREATEST(r.tat, EXCLUDED.tat)",
+                   3, params, &err) != LB_OK)
+        log_msg(LOG_WARN, "outbox: rate limit of %s: %s", target, err.message);
+    db_release(st->pool, c);
+}
+
 /* ---- waiting for work ---- */
 
 /* Connects the LISTEN connection when there is none; false when the database is down. */
@@ -773,6 +877,10 @@ struct outbox_store *outbox_pg_open(const char *dsn, size_t connections,
     if (c == NULL)
         log_msg(LOG_WARN, "outbox: %s (answering 503 until it is reachable)", err->message);
     db_release(st->pool, c);
+    st->rates.take = pg_rate_take;
+    st->rates.hold = pg_rate_hold;
+    st->rates.arg = st;
+    throttle_share(&st->rates);
     *ops = &pg_ops;
     return st;
 }

@@ -1,9 +1,12 @@
 /*
  * throttle.c: outbound rate limits per target (see throttle.h). Keys in the shared table:
  * "out:<target>" the bucket, "backlog:<target>" the mark that makes later leads wait their turn.
+ * With a store shared by the hosts (throttle_share), the bucket and the 429 hold are the store's
+ * instead; the marks stay in the host's table.
  */
 #include "throttle.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -64,6 +67,40 @@ long long throttle_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The buckets every host shares (NULL: the host's own table). */
+static _Atomic(const struct throttle_shared *) throttle_shared_store;
+
+void throttle_share(const struct throttle_shared *s)
+{
+    atomic_store(&throttle_shared_store, s);
+}
+
+void throttle_unshare(const void *arg)
+{
+    const struct throttle_shared *s = atomic_load(&throttle_shared_store);
+
+    if (s != NULL && s->arg == arg)
+        atomic_compare_exchange_strong(&throttle_shared_store, &s, NULL);
+}
+
+/* Takes a slot of t's bucket, shared by the hosts or the host's own; *wait_ms when none. */
+static bool throttle_take(struct ratelimit *rl, const struct target *t, const char *bucket,
+                          long long now_ms, long long *wait_ms)
+{
+    const struct throttle_shared *s = atomic_load(&throttle_shared_store);
+    double per_second = (t->rate_per_minute - t->rate_burst) / 60.0;
+
+    if (s == NULL)
+        return ratelimit_take(rl, bucket, t->rate_burst, per_second, now_ms, wait_ms);
+    *wait_ms = 0;
+    /* A store that failed takes nothing: rather late than over the API's rate. */
+    if (s->take(s->arg, t->name, t->rate_burst, per_second, wait_ms) == 1)
+        return true;
+    if (*wait_ms < 1)
+        *wait_ms = 1000;
+    return false;
+}
+
 /* How long the backlog count lives without a change: a count left by a lead that was purged or
  * died in a crash goes away by itself. */
 #define THROTTLE_BACKLOG_TTL_MS 120000
@@ -84,9 +121,7 @@ bool throttle_defer(struct ratelimit *rl, const struct target *t, bool queued,
     if (behind == 0 && !queued && ratelimit_add(rl, count, 0, now_ms + THROTTLE_BACKLOG_TTL_MS,
                                                 now_ms) > 0)
         behind = now_ms + 1000;
-    if (behind == 0 && ratelimit_take(rl, bucket, t->rate_burst,
-                                      (t->rate_per_minute - t->rate_burst) / 60.0, now_ms,
-                                      &wait_ms))
+    if (behind == 0 && throttle_take(rl, t, bucket, now_ms, &wait_ms))
         return false;
     /* Due again on the whole second the bucket allows; leads after it wait behind it. */
     wait_s = behind ? (behind - now_ms + 999) / 1000 : (wait_ms + 999) / 1000;
@@ -109,6 +144,7 @@ void throttle_after(struct ratelimit *rl, const struct target *t, const json_t *
                     const struct target_result *r, long long now_ms)
 {
     char bucket[300], count[300];
+    const struct throttle_shared *s;
     long long hold;
 
     if (rl == NULL || t->rate_per_minute <= 0)
@@ -120,6 +156,12 @@ void throttle_after(struct ratelimit *rl, const struct target *t, const json_t *
     if (r->http_status != 429)
         return;
     hold = r->retry_after > 0 ? r->retry_after : THROTTLE_HOLD_DEFAULT;
+    s = atomic_load(&throttle_shared_store);
+    if (s != NULL) {
+        s->hold(s->arg, t->name, t->rate_burst, (t->rate_per_minute - t->rate_burst) / 60.0,
+                hold * 1000);
+        return;
+    }
     snprintf(bucket, sizeof(bucket), "out:%s", t->name);
     ratelimit_hold(rl, bucket, now_ms + hold * 1000, now_ms);
 }

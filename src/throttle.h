@@ -9,6 +9,11 @@
  * when the bucket allows, with no attempt counted), and the target gets a backlog mark until then,
  * so later leads queue behind it instead of overtaking it (the outbox delivers oldest first).
  * A 429 from the API holds the whole target's bucket for its Retry-After (or 60 s).
+ *
+ * Several hosts: the buckets above are per host. When the outbox is in PostgreSQL, its store
+ * shares them instead (throttle_share): every host takes its slots from one row per target in
+ * the database, so a target's rate and a 429's hold are the whole cluster's. The backlog marks
+ * (who waits behind whom) stay per host.
  */
 #ifndef LB_THROTTLE_H
 #define LB_THROTTLE_H
@@ -53,5 +58,27 @@ long long throttle_now_ms(void);
  */
 void throttle_after(struct ratelimit *rl, const struct target *t, const json_t *entry,
                     const struct target_result *r, long long now_ms);
+
+/*
+ * The buckets of a store shared by every host (outbox_pg.c). burst and per_second are the
+ * target's bucket as above; times are the store's own clock, so the hosts' clocks need not agree.
+ */
+struct throttle_shared {
+    /* Takes one slot of target's bucket: 1 taken; 0 none free, *wait_ms until one is; -1 the
+     * store failed (nothing taken; *wait_ms a pause). Never waits on another host. */
+    int (*take)(void *arg, const char *target, double burst, double per_second,
+                long long *wait_ms);
+    /* Nothing is sent to target for hold_ms from now, and its bucket is empty then. */
+    void (*hold)(void *arg, const char *target, double burst, double per_second,
+                 long long hold_ms);
+    void *arg;
+};
+/*
+ * From now on every throttle_defer and throttle_after of this process uses s (borrowed; it must
+ * outlive its use) for the buckets and holds, instead of the host's table. Set while no
+ * delivery runs (when the outbox opens); throttle_unshare(arg) ends it if s->arg is arg.
+ */
+void throttle_share(const struct throttle_shared *s);
+void throttle_unshare(const void *arg);
 
 #endif

@@ -1,7 +1,8 @@
 """test_pg_db.py: `leadbridge db migrate|status` against a real, temporary PostgreSQL server.
 
-- migrate creates the schema (jobs, keys, target rate counters, the version table) and says so;
-  a second migrate changes nothing; status exits 0 only when the version is this build's.
+- migrate creates the schema (jobs, keys, the targets' rate buckets, the version table) and says
+  so; a second migrate changes nothing; status exits 0 only when the version is this build's.
+- A database left at version 1 (its unused per-window rate table) is migrated to this version.
 - Four hosts migrating at once: one migrates, the others find nothing to do (advisory lock).
 - A database newer than the program is refused, and so is an unreachable one (exit 1, a clear
   message, no password in it); a spool config has no database to migrate (exit 2).
@@ -17,6 +18,8 @@ import unittest
 
 import harness
 from pgcluster import PgCluster
+
+SCHEMA = 2  # DB_SCHEMA_VERSION (src/db.h)
 
 
 def run(args, config, timeout=60):
@@ -61,7 +64,8 @@ class DbMigrate(unittest.TestCase):
         self.assertIn("schema version 0", out)
         self.assertIn("leadbridge db migrate", err)
         rc, out, err = run(["db", "migrate"], conf)
-        self.assertEqual((rc, out.strip()), (0, "schema migrated from version 0 to 1"), err)
+        self.assertEqual((rc, out.strip()), (0, "schema migrated from version 0 to %d" % SCHEMA),
+                         err)
         self.assertEqual(err, "")
         tables = {r[0] for r in self.pg.sql(
             "migrate_once", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
@@ -72,12 +76,34 @@ class DbMigrate(unittest.TestCase):
                              "tablename = 'leadbridge_outbox_keys' AND indexdef LIKE '%UNIQUE%'")
         self.assertIn("key_hash", idx)
         rc, out, err = run(["db", "migrate"], conf)
-        self.assertEqual((rc, out.strip(), err), (0, "schema is at version 1: nothing to do", ""))
+        self.assertEqual((rc, out.strip(), err),
+                         (0, "schema is at version %d: nothing to do" % SCHEMA, ""))
         rc, out, err = run(["db", "status"], conf)
-        self.assertEqual((rc, out.strip()), (0, "schema version 1 (this leadbridge needs 1)"))
+        self.assertEqual((rc, out.strip()),
+                         (0, "schema version %d (this leadbridge needs %d)" % (SCHEMA, SCHEMA)))
         self.assertEqual(self.pg.scalar("migrate_once",
-                                        "SELECT string_agg(version::text, ',') FROM "
-                                        "leadbridge_schema"), "1")
+                                        "SELECT string_agg(version::text, ',' ORDER BY version)"
+                                        " FROM leadbridge_schema"),
+                         ",".join(str(v) for v in range(1, SCHEMA + 1)))
+
+    def test_migrate_from_version_1(self):
+        conf = self.config_for("migrate_v1")
+        self.assertEqual(run(["db", "migrate"], conf)[0], 0)
+        # Back to what version 1 made: its per-window rate table, unused.
+        self.pg.sql("migrate_v1", "DELETE FROM leadbridge_schema WHERE version > 1")
+        self.pg.sql("migrate_v1", "DROP TABLE leadbridge_target_rate")
+        self.pg.sql("migrate_v1", "CREATE TABLE leadbridge_target_rate (target text NOT NULL,"
+                    " window_start bigint NOT NULL, sent integer NOT NULL DEFAULT 0,"
+                    " PRIMARY KEY (target, window_start))")
+        rc, out, err = run(["db", "status"], conf)
+        self.assertEqual(rc, 1, out)
+        rc, out, err = run(["db", "migrate"], conf)
+        self.assertEqual((rc, out.strip()),
+                         (0, "schema migrated from version 1 to %d" % SCHEMA), err)
+        cols = {r[0] for r in self.pg.sql(
+            "migrate_v1", "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'leadbridge_target_rate'")}
+        self.assertEqual(cols, {"target", "tat", "not_before"})
 
     def test_concurrent_migrations(self):
         conf = self.config_for("migrate_race")
@@ -92,8 +118,8 @@ class DbMigrate(unittest.TestCase):
             t.join()
         self.assertEqual([r[0] for r in results], [0] * 4, results)
         outs = sorted(r[1].strip() for r in results)
-        self.assertEqual(outs, ["schema is at version 1: nothing to do"] * 3
-                         + ["schema migrated from version 0 to 1"])
+        self.assertEqual(outs, ["schema is at version %d: nothing to do" % SCHEMA] * 3
+                         + ["schema migrated from version 0 to %d" % SCHEMA])
 
     def test_newer_database_refused(self):
         conf = self.config_for("migrate_newer")

@@ -53,6 +53,20 @@ def by_token(st):
     return out
 
 
+def stop_hosts(cls):
+    """Stops hosts cls.b and cls.a (those that were started); each must stop cleanly on SIGTERM,
+    with no sanitizer report in its log. Returns what went wrong."""
+    problems = []
+    for name in ("b", "a"):
+        st = getattr(cls, name, None)
+        if st is not None:
+            try:
+                st.stop(check=True)
+            except AssertionError as e:
+                problems.append("host %s: %s" % (name.upper(), e))
+    return problems
+
+
 class TwoHosts(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -81,16 +95,8 @@ class TwoHosts(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        # Each host must stop cleanly on SIGTERM, with no sanitizer report in its log.
-        problems = []
         try:
-            for name in ("b", "a"):
-                st = getattr(cls, name, None)
-                if st is not None:
-                    try:
-                        st.stop(check=True)
-                    except AssertionError as e:
-                        problems.append("host %s: %s" % (name.upper(), e))
+            problems = stop_hosts(cls)
         finally:
             cls.pg.stop()
             shutil.rmtree(cls.tmp, ignore_errors=True)
