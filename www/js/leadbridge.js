@@ -303,7 +303,7 @@
       hidden.value = ref;
       step2.appendChild(hidden);
       enhance({root: w.root, name: "details", prefix: w.prefix + "-details", live: w.live, locale: w.locale,
-        currency: w.currency, settings: {}, bridge: w.bridge}, step2, "details");
+        currency: w.currency, settings: {}, bridge: w.bridge, token: w.detailsToken}, step2, "details");
     }
     p.focus();
   }
@@ -341,15 +341,23 @@
     i.value = value;
   }
 
-  function guard(w, form, action) {
+  function token(action) {
+    return fetch(action + "/token", {credentials: "same-origin", headers: {Accept: "application/json"}})
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .catch(function () { return null; });
+  }
+
+  /* pre: a token fetched earlier (step 2's comes with the page, so the form token's time trap
+   * counts the time spent on step 1: a visitor who books the visit a second after the result
+   * appears is no bot). */
+  function guard(w, form, action, pre) {
     var hp = document.createElement("div"), id = w.prefix + "-hp";
     hp.className = "lb-hp";
     hp.setAttribute("aria-hidden", "true");
     hp.innerHTML = '<label for="' + id + '">Leave this empty</label><input id="' + id + '" type="text" name="' +
       esc(w.root.getAttribute("data-honeypot") || "lb_website") + '" tabindex="-1" autocomplete="off">';
     if (!form.querySelector(".lb-hp")) form.appendChild(hp);
-    return fetch(action + "/token", {credentials: "same-origin", headers: {Accept: "application/json"}})
-      .then(function (r) { return r.ok ? r.json() : null; })
+    return (pre || token(action))
       .then(function (t) {
         if (!t) return null;
         if (t.token) hidden(form, "lb_token", t.token);
@@ -365,7 +373,7 @@
     var button = form.querySelector("[type=submit]"), busy = false, ready;
     var def = FORMS[kind] || FORMS.contact, idle = button ? button.textContent : "";
     form.noValidate = true;
-    ready = guard(w, form, form.action);
+    ready = guard(w, form, form.action, w.token);
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
       if (busy) return;
@@ -402,6 +410,7 @@
           return;
         }
         emit(w, "success", r.body.status || r.status);
+        ready = guard(w, form, form.action);   /* a token is used once: one for a second go */
         if (kind === "valuation") showResult(w, form, r.body);
         else showThanks(w, form, r.body.status);
         say(w, kind === "valuation" ? "Your estimate is ready." : "Thank you: your details were sent.");
@@ -434,6 +443,7 @@
         w.currency = root.getAttribute("data-currency") || s.currency || "GBP";
         w.disclaimer = root.getAttribute("data-disclaimer") || s.disclaimer ||
           "This is an automated estimate, not a formal valuation.";
+        if (kind === "valuation") w.detailsToken = token(w.detailsAction);
         return {w: w, action: action};
       });
   }
