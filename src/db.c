@@ -85,8 +85,24 @@ static const char *const db_migration_2[] = {
     NULL,
 };
 
+/*
+ * Version 3: the spam quarantine shared by the hosts (quarantine_pg.c): each entry's JSON (the
+ * job with its "spam" record), and what the list and the retention read, copied out.
+ */
+static const char *const db_migration_3[] = {
+    "CREATE TABLE leadbridge_spam ("
+    "  id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),"
+    "  form text NOT NULL,"
+    "  reason text NOT NULL,"
+    "  quarantined bigint NOT NULL,"
+    "  job jsonb NOT NULL)",
+    "CREATE INDEX leadbridge_spam_quarantined ON leadbridge_spam (quarantined, id)",
+    NULL,
+};
+
 /* db_migrations[i]: the statements from version i to i + 1. */
-static const char *const *const db_migrations[] = {db_migration_1, db_migration_2};
+static const char *const *const db_migrations[] = {db_migration_1, db_migration_2,
+                                                   db_migration_3};
 
 #define DB_N_MIGRATIONS (sizeof(db_migrations) / sizeof(db_migrations[0]))
 
@@ -349,6 +365,19 @@ PGresult *db_exec(PGconn *c, const char *sql, int n, const char *const *values,
     lb_fail(err, code, "database: %.200s", msg);
     PQclear(r);
     return NULL;
+}
+
+PGresult *db_pool_exec(struct db_pool *p, const char *sql, int n, const char *const *values,
+                       struct lb_error *err)
+{
+    PGconn *c = db_acquire(p, err);
+    PGresult *r;
+
+    if (c == NULL)
+        return NULL;
+    r = db_exec(c, sql, n, values, err);
+    db_release(p, c);
+    return r;
 }
 
 enum lb_err db_command(PGconn *c, const char *sql, int n, const char *const *values,

@@ -24,7 +24,7 @@
 
 #include "err.h"
 
-#define DB_SCHEMA_VERSION 2     /* the schema this build reads and writes */
+#define DB_SCHEMA_VERSION 3     /* the schema this build reads and writes */
 #define DB_POOL_MAX 1024
 #define DB_ACQUIRE_WAIT_MS 5000 /* longest wait for a free connection */
 
@@ -69,6 +69,12 @@ void db_discard(struct db_pool *p, PGconn *c);
  */
 PGresult *db_exec(PGconn *c, const char *sql, int n, const char *const *values,
                   struct lb_error *err);
+/*
+ * db_exec on a connection of p's, taken and given back around it (for a statement that is a
+ * unit of work by itself). NULL with err as db_acquire or db_exec.
+ */
+PGresult *db_pool_exec(struct db_pool *p, const char *sql, int n, const char *const *values,
+                       struct lb_error *err);
 /* db_exec for a statement whose rows are not needed. */
 enum lb_err db_command(PGconn *c, const char *sql, int n, const char *const *values,
                        struct lb_error *err);

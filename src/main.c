@@ -670,7 +670,8 @@ static int spam_command(struct outbox *ob, struct quarantine *q, int argc, char 
             e = quarantine_release_all(q, ob, o->now, &count);
         }
         if (e != LB_OK) {
-            fprintf(stderr, "leadbridge: queue spam release: %s\n", lb_strerror(e));
+            fprintf(stderr, "leadbridge: queue spam release: %s\n",
+                    e == LB_ERR_NOT_FOUND ? "no such job in quarantine" : lb_strerror(e));
             return 1;
         }
         printf(o->json ? "{\"released\": %zu}\n" : "%zu job(s) released into the outbox\n",
@@ -680,7 +681,8 @@ static int spam_command(struct outbox *ob, struct quarantine *q, int argc, char 
     if (strcmp(cmd, "purge") == 0 && (id != NULL || o->all || o->older_than_days >= 0)) {
         e = quarantine_purge(q, id, o->all ? 0 : o->older_than_days * 86400, o->now, &count);
         if (e != LB_OK) {
-            fprintf(stderr, "leadbridge: queue spam purge: %s\n", lb_strerror(e));
+            fprintf(stderr, "leadbridge: queue spam purge: %s\n",
+                    e == LB_ERR_NOT_FOUND ? "no such job in quarantine" : lb_strerror(e));
             return 1;
         }
         printf(o->json ? "{\"purged\": %zu}\n" : "%zu job(s) removed from quarantine\n", count);
@@ -977,7 +979,7 @@ int main(int argc, char **argv)
             oc.connections = (size_t)(threads > 0 ? threads : cfg->threads) + 4;
         ob = outbox_open(cfg->spool_dir, &oc, &err);
         if (ob != NULL)
-            extras.quarantine = quarantine_open(cfg->spool_dir, cfg->spam_retention, &err);
+            extras.quarantine = quarantine_open(cfg->spool_dir, cfg->spam_retention, &oc, &err);
         if (extras.quarantine != NULL)
             extras.limits = ratelimit_open(cfg->spool_dir, cfg->shared_slots, &err);
         if (ob == NULL || extras.quarantine == NULL || extras.limits == NULL) {

@@ -1,5 +1,6 @@
 /*
- * quarantine.c: the spam quarantine in the spool (see quarantine.h).
+ * quarantine.c: the spam quarantine (see quarantine.h): the store-neutral front, and the spool's
+ * store (files in <spool>/spam). The PostgreSQL store is quarantine_pg.c (quarantine_store.h).
  *
  * Files: spam/<id>.json, the job as JSON; spam/.tmp.<id>.<pid>.<random> while one is written
  * (a crash leaves such a file; entries are read only from <id>.json names, and stale tmp files
@@ -18,19 +19,29 @@
 
 #include "buf.h"
 #include "crypto.h"
+#include "quarantine_store.h"
 
 #define QUARANTINE_PATH_MAX 4096
 #define QUARANTINE_TMP_MAX_AGE 3600
+#define QUARANTINE_PG_CONNECTIONS 2 /* spam is rare: a small pool of its own */
 
 struct quarantine {
-    char dir[QUARANTINE_PATH_MAX];
+    const struct quarantine_store_ops *ops;
+    struct quarantine_store *st;
     long long retention;
 };
 
-struct quarantine *quarantine_open(const char *spool_dir, long long retention,
-                                   struct lb_error *err)
+/* ---- the spool's store ---- */
+
+struct quarantine_store {
+    char dir[QUARANTINE_PATH_MAX];
+};
+
+static const struct quarantine_store_ops spool_ops;
+
+static struct quarantine_store *spool_open(const char *spool_dir, struct lb_error *err)
 {
-    struct quarantine *q = calloc(1, sizeof(*q));
+    struct quarantine_store *q = calloc(1, sizeof(*q));
     int n;
 
     if (q == NULL) {
@@ -48,16 +59,15 @@ struct quarantine *quarantine_open(const char *spool_dir, long long retention,
         free(q);
         return NULL;
     }
-    q->retention = retention;
     return q;
 }
 
-void quarantine_close(struct quarantine *q)
+static void spool_close(struct quarantine_store *q)
 {
     free(q);
 }
 
-static enum lb_err quarantine_sync_dir(const struct quarantine *q)
+static enum lb_err quarantine_sync_dir(const struct quarantine_store *q)
 {
     int fd = open(q->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     enum lb_err e = LB_OK;
@@ -71,27 +81,23 @@ static enum lb_err quarantine_sync_dir(const struct quarantine *q)
 }
 
 /* dir/<id>.json into out; false when it does not fit (ids are checked: it always fits). */
-static bool quarantine_file(const struct quarantine *q, const char *id, char *out, size_t size)
+static bool quarantine_file(const struct quarantine_store *q, const char *id, char *out, size_t size)
 {
     int n = snprintf(out, size, "%s/%s.json", q->dir, id);
 
     return n > 0 && (size_t)n < size;
 }
 
-enum lb_err quarantine_put(struct quarantine *q, const json_t *job, const char *reason,
-                           long long now, struct lb_error *err)
+static enum lb_err spool_put(struct quarantine_store *q, const char *id, const json_t *entry,
+                             struct lb_error *err)
 {
-    const char *id = json_string_value(json_object_get(job, "id"));
     char tmp[QUARANTINE_PATH_MAX], dest[QUARANTINE_PATH_MAX], rhex[17];
     uint8_t rnd[8];
-    json_t *copy = NULL;
     char *text = NULL;
     size_t len, off = 0;
     enum lb_err e = LB_OK;
     int fd = -1;
 
-    if (id == NULL || !outbox_id_valid(id))
-        return lb_fail(err, LB_ERR_BAD_REQUEST, "quarantine: the job has no valid id");
     if (crypto_random(rnd, sizeof(rnd)) != 0)
         return lb_fail(err, LB_ERR_INTERNAL, "quarantine: no randomness");
     hex_encode(rnd, sizeof(rnd), rhex);
@@ -99,19 +105,10 @@ enum lb_err quarantine_put(struct quarantine *q, const json_t *job, const char *
             (int)sizeof(tmp) ||
         !quarantine_file(q, id, dest, sizeof(dest)))
         return lb_fail(err, LB_ERR_INTERNAL, "quarantine: path too long");
-    copy = json_deep_copy(job);
-    if (copy != NULL)
-        json_object_set_new(copy, "spam", json_pack("{s:s,s:I}", "reason", reason,
-                                                     "quarantined", (json_int_t)now));
-    text = copy != NULL ? json_dumps(copy, JSON_COMPACT) : NULL;
-    json_decref(copy);
+    text = json_dumps(entry, JSON_COMPACT);
     if (text == NULL)
         return lb_fail(err, LB_ERR_NOMEM, "out of memory");
     len = strlen(text);
-    if (len > OUTBOX_FILE_MAX) {
-        e = lb_fail(err, LB_ERR_TOO_LARGE, "quarantine: the job is too large");
-        goto out;
-    }
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         e = lb_fail(err, LB_ERR_IO, "quarantine: cannot create %s: %s", tmp, strerror(errno));
@@ -148,7 +145,7 @@ out:
     return e;
 }
 
-static json_t *quarantine_load(const struct quarantine *q, const char *id)
+static json_t *quarantine_load(const struct quarantine_store *q, const char *id)
 {
     char path[QUARANTINE_PATH_MAX];
 
@@ -159,15 +156,14 @@ static json_t *quarantine_load(const struct quarantine *q, const char *id)
     return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
 }
 
-json_t *quarantine_show(struct quarantine *q, const char *id)
+static json_t *spool_show(struct quarantine_store *q, const char *id)
 {
     return quarantine_load(q, id);
 }
 
 /* Calls fn for every entry id; stale tmp files are removed on the way when now >= 0. */
-static enum lb_err quarantine_each(struct quarantine *q, long long now,
-                                   enum lb_err (*fn)(struct quarantine *, const char *, void *),
-                                   void *arg)
+static enum lb_err spool_scan(struct quarantine_store *q, long long now,
+                              enum lb_err (*fn)(void *arg, const char *id), void *arg)
 {
     DIR *d = opendir(q->dir);
     struct dirent *de;
@@ -193,26 +189,37 @@ static enum lb_err quarantine_each(struct quarantine *q, long long now,
         memcpy(id, de->d_name, OUTBOX_ID_LEN);
         id[OUTBOX_ID_LEN] = '\0';
         if (outbox_id_valid(id))
-            e = fn(q, id, arg);
+            e = fn(arg, id);
     }
     closedir(d);
     return e;
 }
 
-static enum lb_err quarantine_list_one(struct quarantine *q, const char *id, void *arg)
+json_t *quarantine_summary(const char *id, const json_t *entry)
 {
-    json_t *job = quarantine_load(q, id), *spam, *names = json_array(), *t;
+    json_t *spam = json_object_get(entry, "spam"), *names = json_array(), *t;
     const char *name;
 
-    spam = json_object_get(job, "spam");
-    json_object_foreach(json_object_get(job, "targets"), name, t)
+    json_object_foreach(json_object_get(entry, "targets"), name, t)
         json_array_append_new(names, json_string(name));
-    json_array_append_new(
-        arg, json_pack("{s:s,s:O?,s:O?,s:O?,s:O?,s:o}", "id", id, "form",
-                       json_object_get(job, "form"), "reason", json_object_get(spam, "reason"),
-                       "quarantined", json_object_get(spam, "quarantined"), "created",
-                       json_object_get(job, "created"), "targets", names));
-    json_decref(job);
+    return json_pack("{s:s,s:O?,s:O?,s:O?,s:O?,s:o}", "id", id, "form",
+                     json_object_get(entry, "form"), "reason", json_object_get(spam, "reason"),
+                     "quarantined", json_object_get(spam, "quarantined"), "created",
+                     json_object_get(entry, "created"), "targets", names);
+}
+
+struct spool_list_ctx {
+    struct quarantine_store *q;
+    json_t *all;
+};
+
+static enum lb_err spool_list_one(void *arg, const char *id)
+{
+    struct spool_list_ctx *c = arg;
+    json_t *entry = quarantine_load(c->q, id);
+
+    json_array_append_new(c->all, quarantine_summary(id, entry));
+    json_decref(entry);
     return LB_OK;
 }
 
@@ -227,32 +234,39 @@ static int quarantine_cmp(const void *a, const void *b)
                   json_string_value(json_object_get(*(json_t *const *)b, "id")));
 }
 
-json_t *quarantine_list(struct quarantine *q)
+static json_t *spool_list(struct quarantine_store *q)
 {
-    json_t *all = json_array(), *sorted = json_array(), **items = NULL;
+    struct spool_list_ctx c = {q, json_array()};
+    json_t *sorted = json_array(), **items = NULL;
     size_t n, i;
 
-    if (all == NULL || sorted == NULL || quarantine_each(q, -1, quarantine_list_one, all) != LB_OK)
+    if (c.all == NULL || sorted == NULL || spool_scan(q, -1, spool_list_one, &c) != LB_OK)
         goto fail;
-    n = json_array_size(all);
+    n = json_array_size(c.all);
     items = calloc(n + 1, sizeof(*items));
     if (items == NULL)
         goto fail;
     for (i = 0; i < n; i++)
-        items[i] = json_array_get(all, i);
+        items[i] = json_array_get(c.all, i);
     qsort(items, n, sizeof(*items), quarantine_cmp);
     for (i = 0; i < n; i++)
         json_array_append(sorted, items[i]);
     free(items);
-    json_decref(all);
+    json_decref(c.all);
     return sorted;
 fail:
-    json_decref(all);
+    json_decref(c.all);
     json_decref(sorted);
     return NULL;
 }
 
-static enum lb_err quarantine_remove(struct quarantine *q, const char *id)
+static enum lb_err spool_each(struct quarantine_store *q,
+                              enum lb_err (*fn)(void *arg, const char *id), void *arg)
+{
+    return spool_scan(q, -1, fn, arg);
+}
+
+static enum lb_err spool_remove(struct quarantine_store *q, const char *id)
 {
     char path[QUARANTINE_PATH_MAX];
 
@@ -263,95 +277,229 @@ static enum lb_err quarantine_remove(struct quarantine *q, const char *id)
     return quarantine_sync_dir(q);
 }
 
+/* A spool entry is not locked: two releases at once both put it, and the outbox keeps one. */
+struct quarantine_hold {
+    char id[OUTBOX_ID_SIZE];
+};
+
+static enum lb_err spool_take(struct quarantine_store *q, const char *id, json_t **entry,
+                              struct quarantine_hold **hold)
+{
+    *hold = NULL;
+    *entry = quarantine_load(q, id);
+    if (*entry == NULL)
+        return LB_ERR_NOT_FOUND;
+    *hold = calloc(1, sizeof(**hold));
+    if (*hold == NULL) {
+        json_decref(*entry);
+        *entry = NULL;
+        return LB_ERR_NOMEM;
+    }
+    snprintf((*hold)->id, sizeof((*hold)->id), "%s", id);
+    return LB_OK;
+}
+
+static enum lb_err spool_done(struct quarantine_store *q, struct quarantine_hold *hold,
+                              bool remove)
+{
+    enum lb_err e = remove ? spool_remove(q, hold->id) : LB_OK;
+
+    free(hold);
+    return e;
+}
+
+struct spool_purge_ctx {
+    struct quarantine_store *q;
+    long long cutoff;
+    size_t count;
+};
+
+static enum lb_err spool_purge_one(void *arg, const char *id)
+{
+    struct spool_purge_ctx *c = arg;
+    json_t *entry = quarantine_load(c->q, id);
+    json_t *at = json_object_get(json_object_get(entry, "spam"), "quarantined");
+    /* An unreadable entry is kept until it is as old as the retention by its file time. */
+    long long when = json_is_integer(at) ? (long long)json_integer_value(at) : -1;
+
+    json_decref(entry);
+    if (when < 0) {
+        struct stat st;
+        char path[QUARANTINE_PATH_MAX];
+
+        if (!quarantine_file(c->q, id, path, sizeof(path)) || stat(path, &st) != 0)
+            return LB_OK;
+        when = (long long)st.st_mtime;
+    }
+    if (when <= c->cutoff && spool_remove(c->q, id) == LB_OK)
+        c->count++;
+    return LB_OK;
+}
+
+static enum lb_err spool_remove_older(struct quarantine_store *q, long long cutoff,
+                                      long long now, size_t *count)
+{
+    struct spool_purge_ctx c = {q, cutoff, 0};
+    enum lb_err e = spool_scan(q, now, spool_purge_one, &c);
+
+    *count += c.count;
+    return e;
+}
+
+static const struct quarantine_store_ops spool_ops = {
+    .close = spool_close,
+    .put = spool_put,
+    .list = spool_list,
+    .show = spool_show,
+    .each = spool_each,
+    .take = spool_take,
+    .done = spool_done,
+    .remove = spool_remove,
+    .remove_older = spool_remove_older,
+};
+
+/* ---- the front ---- */
+
+struct quarantine *quarantine_open(const char *spool_dir, long long retention,
+                                   const struct outbox_conf *store, struct lb_error *err)
+{
+    struct quarantine *q = calloc(1, sizeof(*q));
+
+    if (q == NULL) {
+        lb_fail(err, LB_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    q->retention = retention;
+    if (store != NULL && store->store == OUTBOX_STORE_POSTGRESQL) {
+        q->st = quarantine_pg_open(store->dsn, QUARANTINE_PG_CONNECTIONS, &q->ops, err);
+    } else {
+        q->ops = &spool_ops;
+        q->st = spool_open(spool_dir, err);
+    }
+    if (q->st == NULL) {
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+void quarantine_close(struct quarantine *q)
+{
+    if (q == NULL)
+        return;
+    q->ops->close(q->st);
+    free(q);
+}
+
+enum lb_err quarantine_put(struct quarantine *q, const json_t *job, const char *reason,
+                           long long now, struct lb_error *err)
+{
+    const char *id = json_string_value(json_object_get(job, "id"));
+    struct lb_error local;
+    json_t *entry;
+    char *text;
+    enum lb_err e;
+
+    if (err == NULL)
+        err = &local;
+    if (id == NULL || !outbox_id_valid(id))
+        return lb_fail(err, LB_ERR_BAD_REQUEST, "quarantine: the job has no valid id");
+    entry = json_deep_copy(job);
+    if (entry == NULL || json_object_set_new(entry, "spam", json_pack("{s:s,s:I}", "reason",
+                                                                      reason, "quarantined",
+                                                                      (json_int_t)now)) != 0) {
+        json_decref(entry);
+        return lb_fail(err, LB_ERR_NOMEM, "out of memory");
+    }
+    text = json_dumps(entry, JSON_COMPACT);
+    e = text == NULL ? lb_fail(err, LB_ERR_NOMEM, "out of memory")
+        : strlen(text) > OUTBOX_FILE_MAX
+            ? lb_fail(err, LB_ERR_TOO_LARGE, "quarantine: the job is too large")
+            : q->ops->put(q->st, id, entry, err);
+    free(text);
+    json_decref(entry);
+    return e;
+}
+
+json_t *quarantine_list(struct quarantine *q)
+{
+    return q->ops->list(q->st);
+}
+
+json_t *quarantine_show(struct quarantine *q, const char *id)
+{
+    return outbox_id_valid(id) ? q->ops->show(q->st, id) : NULL;
+}
+
 enum lb_err quarantine_release(struct quarantine *q, struct outbox *ob, const char *id,
                                long long now)
 {
-    json_t *job = quarantine_load(q, id);
+    struct quarantine_hold *hold;
     struct lb_error err = {LB_OK, ""};
+    json_t *job;
     enum lb_err e;
 
-    if (job == NULL)
+    if (!outbox_id_valid(id))
         return LB_ERR_NOT_FOUND;
+    e = q->ops->take(q->st, id, &job, &hold);
+    if (e != LB_OK)
+        return e;
     json_object_del(job, "spam");
     json_object_set_new(job, "next_attempt", json_integer(now));
     e = outbox_put(ob, job, &err);
     json_decref(job);
-    if (e != LB_OK && e != LB_ERR_CONFLICT)
+    /* In the outbox already: a release that was interrupted before it removed the entry. */
+    if (e != LB_OK && e != LB_ERR_CONFLICT) {
+        q->ops->done(q->st, hold, false);
         return e;
-    return quarantine_remove(q, id);
+    }
+    return q->ops->done(q->st, hold, true);
 }
 
 struct quarantine_release_ctx {
+    struct quarantine *q;
     struct outbox *ob;
     long long now;
     size_t count;
 };
 
-static enum lb_err quarantine_release_one(struct quarantine *q, const char *id, void *arg)
+static enum lb_err quarantine_release_one(void *arg, const char *id)
 {
     struct quarantine_release_ctx *c = arg;
-    enum lb_err e = quarantine_release(q, c->ob, id, c->now);
+    enum lb_err e = quarantine_release(c->q, c->ob, id, c->now);
 
     if (e == LB_OK)
         c->count++;
-    return e == LB_ERR_NOT_FOUND ? LB_OK : e;
+    /* gone meanwhile, or being released by someone else right now */
+    return e == LB_ERR_NOT_FOUND || e == LB_ERR_CONFLICT ? LB_OK : e;
 }
 
 enum lb_err quarantine_release_all(struct quarantine *q, struct outbox *ob, long long now,
                                    size_t *count)
 {
-    struct quarantine_release_ctx c = {ob, now, 0};
-    enum lb_err e = quarantine_each(q, -1, quarantine_release_one, &c);
+    struct quarantine_release_ctx c = {q, ob, now, 0};
+    enum lb_err e = q->ops->each(q->st, quarantine_release_one, &c);
 
     if (count != NULL)
         *count = c.count;
     return e;
 }
 
-struct quarantine_purge_ctx {
-    long long cutoff;
-    size_t count;
-};
-
-static enum lb_err quarantine_purge_one(struct quarantine *q, const char *id, void *arg)
-{
-    struct quarantine_purge_ctx *c = arg;
-    json_t *job = quarantine_load(q, id);
-    json_t *at = json_object_get(json_object_get(job, "spam"), "quarantined");
-    /* An unreadable entry is kept until it is as old as the retention by its file time. */
-    long long when = json_is_integer(at) ? (long long)json_integer_value(at) : -1;
-
-    json_decref(job);
-    if (when < 0) {
-        struct stat st;
-        char path[QUARANTINE_PATH_MAX];
-
-        if (!quarantine_file(q, id, path, sizeof(path)) || stat(path, &st) != 0)
-            return LB_OK;
-        when = (long long)st.st_mtime;
-    }
-    if (when <= c->cutoff && quarantine_remove(q, id) == LB_OK)
-        c->count++;
-    return LB_OK;
-}
-
 enum lb_err quarantine_purge(struct quarantine *q, const char *id, long long older_than,
                              long long now, size_t *count)
 {
-    struct quarantine_purge_ctx c = {now - older_than, 0};
+    size_t n = 0;
     enum lb_err e;
 
     if (id != NULL) {
-        e = outbox_id_valid(id) ? quarantine_remove(q, id) : LB_ERR_NOT_FOUND;
+        e = outbox_id_valid(id) ? q->ops->remove(q->st, id) : LB_ERR_NOT_FOUND;
         if (count != NULL)
             *count = e == LB_OK;
         return e;
     }
-    if (older_than <= 0)
-        c.cutoff = now + 1;
-    e = quarantine_each(q, now, quarantine_purge_one, &c);
+    e = q->ops->remove_older(q->st, older_than <= 0 ? now + 1 : now - older_than, now, &n);
     if (count != NULL)
-        *count = c.count;
+        *count = n;
     return e;
 }
 

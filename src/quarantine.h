@@ -9,6 +9,10 @@
  * submission id), or purges it. Entries older than the retention are removed by
  * quarantine_expire (the outbox's background worker calls it), so personal data is not kept for
  * ever. Safe with several processes: every change is one rename or unlink.
+ *
+ * With the outbox in PostgreSQL ("outbox": {"store": "postgresql"}) the quarantine is a table in
+ * the same database instead (quarantine_pg.c), so every host's `queue spam` sees and acts on all
+ * of it; the operations and their promises are the same.
  */
 #ifndef LB_QUARANTINE_H
 #define LB_QUARANTINE_H
@@ -26,11 +30,13 @@
 struct quarantine; /* opaque; read-only after quarantine_open, shared by threads */
 
 /*
- * Opens (creating, mode 0700) <spool_dir>/spam. retention is in seconds. Returns a new
- * quarantine (free with quarantine_close) or NULL with err set.
+ * Opens the quarantine of the outbox store (NULL or a spool store: <spool_dir>/spam, created
+ * mode 0700; PostgreSQL: its database, at most 2 connections of its own, made when first
+ * needed). retention is in seconds. Returns a new quarantine (free with quarantine_close) or
+ * NULL with err set.
  */
 struct quarantine *quarantine_open(const char *spool_dir, long long retention,
-                                   struct lb_error *err);
+                                   const struct outbox_conf *store, struct lb_error *err);
 void quarantine_close(struct quarantine *q);
 
 /*
@@ -48,8 +54,9 @@ json_t *quarantine_list(struct quarantine *q);
 json_t *quarantine_show(struct quarantine *q, const char *id);
 /*
  * Moves job id into the outbox (due now, the "spam" record dropped), where it is delivered like
- * any lead, then removes it from quarantine. LB_ERR_NOT_FOUND, LB_ERR_IO; a job the outbox
- * already holds (a release interrupted by a crash) is just removed here.
+ * any lead, then removes it from quarantine. LB_ERR_NOT_FOUND, LB_ERR_IO; LB_ERR_CONFLICT when
+ * another host's release of it does not end within seconds (PostgreSQL); a job the outbox already holds (a release interrupted
+ * by a crash) is just removed here.
  */
 enum lb_err quarantine_release(struct quarantine *q, struct outbox *ob, const char *id,
                                long long now);

@@ -19,7 +19,7 @@ import unittest
 import harness
 from pgcluster import PgCluster
 
-SCHEMA = 2  # DB_SCHEMA_VERSION (src/db.h)
+SCHEMA = 3  # DB_SCHEMA_VERSION (src/db.h)
 
 
 def run(args, config, timeout=60):
@@ -70,7 +70,8 @@ class DbMigrate(unittest.TestCase):
         tables = {r[0] for r in self.pg.sql(
             "migrate_once", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         self.assertEqual(tables, {"leadbridge_schema", "leadbridge_outbox_jobs",
-                                  "leadbridge_outbox_keys", "leadbridge_target_rate"})
+                                  "leadbridge_outbox_keys", "leadbridge_target_rate",
+                                  "leadbridge_spam"})
         # The duplicate keys are unique by their hash.
         idx = self.pg.scalar("migrate_once", "SELECT indexdef FROM pg_indexes WHERE "
                              "tablename = 'leadbridge_outbox_keys' AND indexdef LIKE '%UNIQUE%'")
@@ -89,9 +90,9 @@ class DbMigrate(unittest.TestCase):
     def test_migrate_from_version_1(self):
         conf = self.config_for("migrate_v1")
         self.assertEqual(run(["db", "migrate"], conf)[0], 0)
-        # Back to what version 1 made: its per-window rate table, unused.
+        # Back to what version 1 made: its per-window rate table, unused, and no quarantine.
         self.pg.sql("migrate_v1", "DELETE FROM leadbridge_schema WHERE version > 1")
-        self.pg.sql("migrate_v1", "DROP TABLE leadbridge_target_rate")
+        self.pg.sql("migrate_v1", "DROP TABLE leadbridge_target_rate, leadbridge_spam")
         self.pg.sql("migrate_v1", "CREATE TABLE leadbridge_target_rate (target text NOT NULL,"
                     " window_start bigint NOT NULL, sent integer NOT NULL DEFAULT 0,"
                     " PRIMARY KEY (target, window_start))")
@@ -104,6 +105,8 @@ class DbMigrate(unittest.TestCase):
             "migrate_v1", "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'leadbridge_target_rate'")}
         self.assertEqual(cols, {"target", "tat", "not_before"})
+        self.assertEqual(self.pg.scalar("migrate_v1", "SELECT to_regclass('leadbridge_spam')"),
+                         "leadbridge_spam")
 
     def test_concurrent_migrations(self):
         conf = self.config_for("migrate_race")

@@ -8,6 +8,11 @@ Two "hosts" (two bridge processes, each behind its own nginx) on one database an
   no window of the run do the two hosts together send more than the one bucket allows (5 plus
   55/60 a second; with a bucket per host, twice that in the first second). A 429 that host A
   meets holds the target for host B too, for its Retry-After.
+- SharedQuarantine (conf/spam.json, /lead/guarded): spam posted on host A (a filled honeypot,
+  blocked words) goes to the database, not to A's spool; host B lists and shows it, A and B
+  release it at the same moment (one moves it, the other finds it gone) and it is delivered
+  once, with its submission id; B purges
+  another by id, and the retention removes an old one whichever host's retry thread gets there.
 The figures are printed on stderr.
 """
 
@@ -24,6 +29,7 @@ import uuid
 
 import harness
 from harness import Stack
+import test_spam as spam
 from pgcluster import PgCluster
 from test_outbox_pg import migrate
 from test_pg_hosts import stop_hosts
@@ -61,6 +67,7 @@ class TwoHosts:
 
     CONFIG = None
     DB = None
+    ENV = None
 
     @classmethod
     def config(cls, conf):
@@ -80,9 +87,11 @@ class TwoHosts:
             path = os.path.join(cls.tmp, cls.CONFIG)
             with open(path, "w") as f:
                 json.dump(conf, f, indent=2)
-            cls.a = Stack(path, fcgi="unix:" + os.path.join(cls.tmp, "a.sock")).start()
+            cls.a = Stack(path, fcgi="unix:" + os.path.join(cls.tmp, "a.sock"),
+                          extra_env=cls.ENV).start()
             cls.b = Stack(path, standin=False, standin_port=cls.a.standin_port,
-                          fcgi="unix:" + os.path.join(cls.tmp, "b.sock")).start()
+                          fcgi="unix:" + os.path.join(cls.tmp, "b.sock"),
+                          extra_env=cls.ENV).start()
         except BaseException:
             cls.tearDownClass()
             raise
@@ -193,6 +202,113 @@ class SharedRate(TwoHosts, unittest.TestCase):
         self.assertLess(times[0], t429 + 0.5)
         self.assertGreaterEqual(times[1], times[0] + 2.9,
                                 "nothing is sent to the target within its Retry-After")
+
+
+class SharedQuarantine(TwoHosts, unittest.TestCase):
+    CONFIG = "spam.json"
+    DB = "shared_spam"
+    # No captcha form is posted to here: an address nothing listens on will do.
+    ENV = {"LB_TEST_SITEVERIFY": "http://127.0.0.1:9",
+           "LB_TEST_DISPOSABLE": os.path.join(harness.srcdir(), "conf", "disposable-domains.txt"),
+           "LB_TEST_TURNSTILE_SECRET": "x", "LB_TEST_HCAPTCHA_SECRET": "x",
+           "LB_TEST_RECAPTCHA_SECRET": "x"}
+
+    def spam_post(self, st, t, **over):
+        """A bot's post on host st that passes everything but what over changes: 202 queued."""
+        r = st.request("GET", "/lead/guarded/token", headers={"Accept": "application/json"})
+        self.assertEqual(r.status, 200, r)
+        tk = r.json()
+        fields = spam.person(t)
+        fields.update({"lb_token": tk["token"], tk["honeypot"]: "",
+                       "altcha": spam.solve(tk["challenge"])})
+        fields.update(over)
+        time.sleep(1.1)                     # past the time trap: only over makes it spam
+        r = st.post("/lead/guarded", fields, headers={"Origin": st.web})
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(r.json()["status"], "queued", r)
+        rows = PG.sql(self.DB, "SELECT id, reason FROM leadbridge_spam WHERE job::text LIKE "
+                      "'%%%s%%'" % t)
+        self.assertEqual(len(rows), 1, "in the database's quarantine")
+        return rows[0]
+
+    def queue(self, st, *args):
+        p = st.run_bin(["-c", st.config, "queue", "spam"] + list(args), timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout
+
+    def delivered(self, t):
+        return [rec for rec in self.a.standin_leads("leadpro")
+                if (rec.get("json") or {}).get("last_name") == "L" + t]
+
+    def test_spam_on_host_a_released_on_host_b_is_delivered_once(self):
+        t = token()
+        jid, reason = self.spam_post(self.a, t, lb_website="http://bot.example")
+        self.assertEqual(reason, "honeypot")
+        own = os.path.join(self.a.dir, "spool", "spam")
+        self.assertEqual(os.listdir(own) if os.path.isdir(own) else [], [],
+                         "nothing in host A's own spool")
+        listed = [x for x in json.loads(self.queue(self.b, "list", "--json")) if x["id"] == jid]
+        self.assertEqual(len(listed), 1, "host B lists host A's spam")
+        self.assertEqual((listed[0]["form"], listed[0]["reason"], listed[0]["targets"]),
+                         ("guarded", "honeypot", ["leadpro"]))
+        self.assertNotIn(t, self.queue(self.b, "list"), "the list shows no lead data")
+        shown = json.loads(self.queue(self.b, "show", jid))
+        self.assertEqual((shown["id"], shown["spam"]["reason"]), (jid, "honeypot"))
+        self.assertIn(t, json.dumps(shown))
+        time.sleep(1.0)
+        self.assertEqual(self.delivered(t), [], "spam reaches no target")
+
+        # Released on both hosts at the same moment: one of them moves it, once.
+        out, ths = {}, []
+        for name, st in (("a", self.a), ("b", self.b)):
+            def go(name=name, st=st):
+                out[name] = st.run_bin(["-c", st.config, "queue", "spam", "release", jid,
+                                        "--json"], timeout=60)
+            ths.append(threading.Thread(target=go))
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join(60)
+        # One moves it; the other waits for it and then finds it gone (exit 1).
+        self.assertEqual(sorted(out[k].returncode for k in "ab"), [0, 1],
+                         [out[k].stderr for k in "ab"])
+        released = sum(json.loads(out[k].stdout)["released"] for k in "ab"
+                       if out[k].returncode == 0)
+        self.assertEqual(released, 1)
+        self.assertIn("no such job in quarantine",
+                      "".join(out[k].stderr for k in "ab" if out[k].returncode == 1))
+        self.assertEqual(PG.scalar(self.DB, "SELECT count(*) FROM leadbridge_spam WHERE id = "
+                                   "'%s'" % jid), "0")
+        deadline = time.monotonic() + 30
+        while not self.delivered(t) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)                     # room for a second delivery, if there were one
+        got = self.delivered(t)
+        sys.stderr.write("\nshared quarantine: spam on host A, listed and released on hosts A "
+                         "and B at once (%d of them moved it), delivered %d time(s)\n"
+                         % (released, len(got)))
+        self.assertEqual(len(got), 1, "delivered once")
+        self.assertIn(jid, json.dumps(got[0]), "with its submission id")
+        self.assertEqual(PG.scalar(self.DB, "SELECT state FROM leadbridge_outbox_jobs WHERE "
+                                   "id = '%s'" % jid), "done")
+        self.assertNotIn(jid, self.queue(self.a, "list"))
+
+    def test_purge_and_retention_from_any_host(self):
+        t1, t2 = token(), token()
+        old, _ = self.spam_post(self.a, t1, message="crypto invest now")
+        gone, _ = self.spam_post(self.a, t2, lb_website="x")
+        self.assertEqual(json.loads(self.queue(self.b, "purge", gone, "--json")), {"purged": 1})
+        self.assertEqual(PG.scalar(self.DB, "SELECT count(*) FROM leadbridge_spam WHERE id = "
+                                   "'%s'" % gone), "0")
+        # Quarantined longer ago than spam.json's retention (86,400 s): a retry pass removes it.
+        PG.sql(self.DB, "UPDATE leadbridge_spam SET quarantined = quarantined - 86401 "
+               "WHERE id = '%s'" % old)
+        t0 = time.monotonic()
+        while PG.scalar(self.DB, "SELECT count(*) FROM leadbridge_spam WHERE id = '%s'"
+                        % old) != "0":
+            self.assertLess(time.monotonic() - t0, 20, "the retention never removed it")
+            time.sleep(0.5)
+        self.assertEqual(self.delivered(t1) + self.delivered(t2), [])
 
 
 if __name__ == "__main__":
