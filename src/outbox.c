@@ -1394,6 +1394,8 @@ enum lb_err outbox_stats(struct outbox *ob, long long now, struct outbox_stats *
     (void)now;
     memset(out, 0, sizeof(*out));
     out->oldest_created = -1;
+    if (ob->ops->stats != NULL)
+        return ob->ops->stats(ob->st, out);
     for (i = 0; e == LB_OK && i < sizeof(states) / sizeof(states[0]); i++)
         e = ob->ops->each(ob->st, states[i], outbox_stats_one, out);
     return e;

@@ -529,6 +529,31 @@ static enum lb_err pg_remove_older(struct outbox_store *st, enum outbox_state st
     return LB_OK;
 }
 
+/* Counts by state and the oldest queued job, each from its partial index (an index-only scan
+ * where the visibility map allows): no job is read, however many records retention keeps. */
+static enum lb_err pg_stats(struct outbox_store *st, struct outbox_stats *out)
+{
+    struct lb_error err = {LB_OK, ""};
+    PGresult *r = db_pool_exec(st->pool,
+                               "SELECT (SELECT count(*) FROM leadbridge_outbox_jobs"
+                               "   WHERE state = 'queued'),"
+                               " (SELECT count(*) FROM leadbridge_outbox_jobs WHERE state = 'done'),"
+                               " (SELECT count(*) FROM leadbridge_outbox_jobs WHERE state = 'dead'),"
+                               " (SELECT min(created) FROM leadbridge_outbox_jobs"
+                               "   WHERE state = 'queued')",
+                               0, NULL, &err);
+
+    if (r == NULL)
+        return err.code;
+    out->queued = (size_t)strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    out->done = (size_t)strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    out->dead = (size_t)strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    if (!PQgetisnull(r, 0, 3))
+        out->oldest_created = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+    PQclear(r);
+    return LB_OK;
+}
+
 /* ---- duplicate keys ---- */
 
 static void pg_key_hash(const char *key, char out[2 * SHA256_DIGEST_SIZE + 1])
@@ -840,6 +865,7 @@ static const struct outbox_store_ops pg_ops = {
     .release_key = pg_release_key,
     .expire = pg_expire,
     .flush = pg_flush,
+    .stats = pg_stats,
     .wait = pg_wait,
     .wake = pg_wake,
 };

@@ -102,6 +102,11 @@ struct outbox_store_ops {
     /* Makes every write so far durable (writes done with durable false). */
     enum lb_err (*flush)(struct outbox_store *st);
     /*
+     * Optional (NULL: the front counts with each()): fills *out (zeroed, oldest_created -1) by
+     * counting where the jobs are kept, without reading them.
+     */
+    enum lb_err (*stats)(struct outbox_store *st, struct outbox_stats *out);
+    /*
      * Optional (NULL: the store cannot announce work; the caller polls). wait() blocks at most
      * ms until another process or host announced work due now, or wake() was called; one
      * thread waits at a time. wake() is async-signal-safe.

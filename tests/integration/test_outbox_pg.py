@@ -5,6 +5,9 @@ PostgreSQL server (pgcluster.py), one database per test class, migrated with
 
 Only where a test looks inside the store does it differ: a job's place is its row's state, and
 "every stored job parses" reads the rows instead of spool files.
+
+QueueStats: `queue stats` (and so the health and metrics endpoints) on PostgreSQL counts with
+aggregate queries: the numbers are right, and the server's statement log shows no job read.
 """
 
 import json
@@ -13,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import unittest
 
 import harness
 import test_outbox as base
@@ -122,3 +126,46 @@ class CrashLeadProOnPg(PgMixin, base.CrashLeadPro):
 
 class TookTheLeadThenDiedOnPg(PgMixin, base.TookTheLeadThenDied):
     pass
+
+
+class QueueStats(unittest.TestCase):
+    def setUp(self):
+        self.db = "queue_stats"
+        self.dsn = PG.create_database(self.db)
+        migrate(self.dsn)
+        self.tmp = tempfile.mkdtemp(prefix="leadbridge-pgstats-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.conf = os.path.join(self.tmp, "stats.json")
+        with open(self.conf, "w") as f:
+            json.dump({"secret": "q" * 32, "spool": os.path.join(self.tmp, "spool"),
+                       "outbox": {"store": "postgresql", "dsn": self.dsn},
+                       "targets": {}, "forms": {"e": {"path": "/e", "action": "echo"}}}, f)
+
+    def test_counts_without_reading_jobs(self):
+        now = int(time.time())
+        rows = [("queued", now - 500), ("queued", now - 90), ("queued", now - 10),
+                ("done", now - 400), ("done", now - 300), ("dead", now - 200)]
+        PG.sql(self.db, "".join(
+            "INSERT INTO leadbridge_outbox_jobs (id, form, state, created, next_attempt, "
+            "finished, job) VALUES ('%032x', 'e', '%s', %d, %d, %s, '{\"created\": %d}');\n"
+            % (i + 1, state, created, created, "NULL" if state == "queued" else created,
+               created)
+            for i, (state, created) in enumerate(rows)))
+        PG.sql(self.db, "ALTER DATABASE %s SET log_statement = 'all'" % self.db)
+        self.addCleanup(PG.sql, self.db, "ALTER DATABASE %s RESET log_statement" % self.db)
+        with open(PG.log, errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            start = f.tell()
+        p = subprocess.run([harness.find_binary(), "-c", self.conf, "queue", "stats", "--json",
+                            "--now", str(now)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=harness.base_env(), timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        q = json.loads(p.stdout)["queue"]
+        self.assertEqual((q["queued"], q["done"], q["dead"]), (3, 2, 1), q)
+        self.assertGreaterEqual(q["oldest_age"], 500)
+        self.assertLess(q["oldest_age"], 560)
+        with open(PG.log, errors="replace") as f:
+            f.seek(start)
+            logged = f.read()
+        self.assertIn("leadbridge_schema", logged, "the statement log is on")
+        self.assertNotIn("job::text", logged, "queue stats read no job")
