@@ -50,6 +50,7 @@
 #define PG_KEY_GRACE 60   /* seconds a key may point to a job not yet put (as the spool) */
 #define PG_KEY_TRIES 4
 #define PG_CHANNEL "leadbridge_outbox"
+#define PG_RATE_CONNECTIONS 2 /* for the targets' rate limits, besides the job pool */
 
 struct outbox_store {
     struct db_pool *pool;
@@ -58,6 +59,8 @@ struct outbox_store {
     pthread_mutex_t wait_lock; /* one waiter at a time */
     int wake[2];            /* pipe: pg_wake() writes, pg_wait() polls */
     struct throttle_shared rates; /* the targets' buckets in the database (throttle.h) */
+    struct db_pool *rate_pool; /* their own connections: a delivery holding its claim's
+                                  connection never waits on the job pool for a slot */
 };
 
 struct outbox_hold {
@@ -140,6 +143,7 @@ static void pg_close(struct outbox_store *st)
     throttle_unshare(st);
     PQfinish(st->listen);
     db_pool_close(st->pool);
+    db_pool_close(st->rate_pool);
     if (st->wake[0] >= 0)
         close(st->wake[0]);
     if (st->wake[1] >= 0)
@@ -725,7 +729,7 @@ static int pg_rate_take(void *arg, const char *target, double burst, double per_
     params[0] = target;
     params[1] = interval;
     params[2] = span;
-    c = db_acquire(st->pool, &err);
+    c = db_acquire(st->rate_pool, &err);
     if (c == NULL)
         return -1;
     r = db_exec(c,
@@ -753,7 +757,7 @@ static int pg_rate_take(void *arg, const char *target, double burst, double per_
         log_msg(LOG_WARN, "outbox: rate limit of %s: %s", target, err.message);
     }
     PQclear(r);
-    db_release(st->pool, c);
+    db_release(st->rate_pool, c);
     return took;
 }
 
@@ -772,7 +776,7 @@ static void pg_rate_hold(void *arg, const char *target, double burst, double per
     params[0] = target;
     params[1] = hold;
     params[2] = span;
-    c = db_acquire(st->pool, &err);
+    c = db_acquire(st->rate_pool, &err);
     if (c == NULL)
         return;
     if (db_command(c,
@@ -786,7 +790,7 @@ static void pg_rate_hold(void *arg, const char *target, double burst, double per
                    "  tat = GREATEST(r.tat, EXCLUDED.tat)",
                    3, params, &err) != LB_OK)
         log_msg(LOG_WARN, "outbox: rate limit of %s: %s", target, err.message);
-    db_release(st->pool, c);
+    db_release(st->rate_pool, c);
 }
 
 /* ---- waiting for work ---- */
@@ -889,7 +893,9 @@ struct outbox_store *outbox_pg_open(const char *dsn, size_t connections,
         return NULL;
     }
     st->pool = db_pool_open(dsn, connections, err);
-    if (st->pool == NULL) {
+    if (st->pool != NULL)
+        st->rate_pool = db_pool_open(dsn, PG_RATE_CONNECTIONS, err);
+    if (st->pool == NULL || st->rate_pool == NULL) {
         pg_close(st);
         return NULL;
     }
