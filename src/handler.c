@@ -936,6 +936,7 @@ static void pending_complete(struct pending *p)
     json_decref(j->lead);
     json_decref(j->errors);
     json_decref(j->refused);
+    guard_controls_free(&j->controls);
     request_free(&j->req);
     free(p->results);
     pthread_mutex_destroy(&p->mu);
