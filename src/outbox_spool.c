@@ -15,17 +15,21 @@
  *   renamed into aside/ without being opened, and listed there.
  *
  * Group commit. A write that must be durable (a new job and the keys reserved for it, a delivery
- * attempt about to start) enlists its file and its folder, then waits for the next commit. The
- * first writer to arrive while no commit runs becomes the leader: it fdatasyncs every enlisted
- * file and fsyncs each touched folder once, for everyone enlisted so far; those arriving during
- * a commit wait for the next one, which covers them all. The first fdatasync forces one journal
- * commit that carries every enlisted file's metadata, so the rest are nearly free: each request
- * spends about one commit on its critical path, shared with the concurrent ones, and only the
- * spool's own files are written back (never the whole file system's dirty data). Writes that
- * need not precede an answer (done records, stored answers, the unlinks of finished jobs,
- * released keys) are not enlisted: the kernel's writeback makes them durable. A crash may lose
- * them, and then the job is found as it was: still queued, with its delivery attempt marked
- * started, so the front checks with the API before sending it again (outbox_attempt_unknown).
+ * attempt about to start) is appended, whole and checksummed, to this process's journal
+ * (journal/<pid>.<random>.wal, flock'ed while the process lives), then the writer waits for the
+ * next commit. The first writer to arrive while no commit runs becomes the leader: it fdatasyncs
+ * the journal once for everyone appended so far; those arriving during a commit wait for the next
+ * one, which covers them all. The files themselves go to disk by the kernel's writeback. (Syncing
+ * each new file instead cost the file system one journal commit per file, about a millisecond
+ * each, and those did not share.) A move between folders (to dead/, a corrupt file aside) is not
+ * journaled: its file is enlisted and synced by the commit with both folders. A journal that
+ * fills is checkpointed: syncfs(2), then a new generation number in its header voids the old
+ * records. A journal nobody holds belongs to a process that died: spool_recover() replays it
+ * (see spool_replay for the rules), syncfs, and removes it. Writes that need not precede an
+ * answer (done records, stored answers, the unlinks of finished jobs, released keys) are not
+ * journaled. A crash may lose them, and then the job is found as it was: still queued, with its
+ * delivery attempt marked started, so the front checks with the API before sending it again
+ * (outbox_attempt_unknown).
  *
  * Each file's mtime carries a time on the outbox's clock: a queued job's next attempt, a done or
  * dead record's finish time, a key's expiry. Scans then need only stat(2); the JSON stays
@@ -56,7 +60,22 @@
 #define SPOOL_KEY_HEX (2 * SHA256_DIGEST_SIZE)
 #define SPOOL_KEY_GRACE 60    /* seconds a key may point to a job not yet put */
 
-#define SPOOL_N_SUBDIRS 6
+#define SPOOL_N_SUBDIRS 7
+#define SPOOL_SUB_JOURNAL 6   /* index of "journal" in spool_subdirs */
+
+/* The journal (see "Group commit" above). */
+#define SPOOL_WAL_MAX (16 * 1024 * 1024) /* a journal is checkpointed and reused at this size */
+#define SPOOL_WAL_HEAD 4096              /* the header block; records follow */
+#define SPOOL_WAL_MAGIC 0x314a424cu      /* "LBJ1", a record */
+#define SPOOL_WAL_HMAGIC 0x484a424cu     /* "LBJH", the header */
+#define SPOOL_WAL_REC 16                 /* a record's header: magic, gen, len, check */
+
+/* How a write is made durable. */
+enum spool_sync {
+    SPOOL_NOSYNC = 0,  /* the kernel's writeback: a crash may lose it */
+    SPOOL_SYNC_FILE,   /* the file and its folder are synced by the next commit */
+    SPOOL_SYNC_JOURNAL /* a record in this process's journal, synced by the next commit */
+};
 
 struct outbox_store {
     char *dir;
@@ -65,6 +84,13 @@ struct outbox_store {
     int *sync_fds;           /* enlisted for the next commit (owned dups); guarded by mu */
     size_t n_sync, cap_sync;
     unsigned dirty_dirs;     /* bit per folder touched by an enlisted write; guarded by mu */
+    bool wal_dirty;          /* records appended since the last commit began; guarded by mu */
+    pthread_mutex_t wal_mu;  /* guards the journal's fields below */
+    int wal_fd;              /* this process's journal, flock'ed; -1 until the first record */
+    char wal_name[96];       /* its name in journal/ */
+    uint32_t wal_gen;        /* its generation: records of older ones are void */
+    long long wal_off;       /* where the next record goes */
+    bool wal_records;        /* records written since the journal was made or checkpointed */
     long long tmp_max_age;
     pthread_mutex_t mu;      /* guards the commit counters */
     pthread_cond_t cv;
@@ -80,8 +106,8 @@ struct outbox_hold {
     enum outbox_state state;
 };
 
-static const char *const spool_subdirs[SPOOL_N_SUBDIRS] = {"tmp",  "queue", "done",
-                                                            "dead", "keys",  "aside"};
+static const char *const spool_subdirs[SPOOL_N_SUBDIRS] = {"tmp",  "queue", "done",   "dead",
+                                                            "keys", "aside", "journal"};
 
 /* The folder of each state that lives in a folder. */
 static const char *spool_sub(enum outbox_state s)
@@ -321,11 +347,14 @@ static void spool_mark_dir(struct outbox_store *st, const char *sub)
     pthread_mutex_unlock(&st->mu);
 }
 
-/* Makes the enlisted files and folders durable (the leader, outside the lock). */
-static enum lb_err spool_sync(struct outbox_store *st, int *fds, size_t n, unsigned dirs)
+/* Makes the journal, the enlisted files and folders durable (the leader, outside the lock). */
+static enum lb_err spool_sync(struct outbox_store *st, int *fds, size_t n, unsigned dirs, bool wal)
 {
     enum lb_err e = LB_OK;
 
+    /* wal_fd is set once, before the first record that marks the journal dirty. */
+    if (wal && fdatasync(st->wal_fd) != 0)
+        e = LB_ERR_IO;
     for (size_t i = 0; i < n; i++) {
         if (fdatasync(fds[i]) != 0)
             e = LB_ERR_IO;
@@ -353,14 +382,16 @@ static enum lb_err spool_commit(struct outbox_store *st, unsigned long long tick
             int *fds = st->sync_fds;
             size_t n = st->n_sync;
             unsigned dirs = st->dirty_dirs;
+            bool wal = st->wal_dirty;
             enum lb_err ce;
 
             st->sync_fds = NULL;
             st->n_sync = st->cap_sync = 0;
             st->dirty_dirs = 0;
+            st->wal_dirty = false;
             st->committing = true;
             pthread_mutex_unlock(&st->mu);
-            ce = spool_sync(st, fds, n, dirs);
+            ce = spool_sync(st, fds, n, dirs, wal);
             free(fds);
             pthread_mutex_lock(&st->mu);
             st->committing = false;
@@ -384,6 +415,158 @@ static enum lb_err spool_flush(struct outbox_store *st)
     return spool_commit(st, spool_ticket(st));
 }
 
+/* ---- the journal ---- */
+
+/* Writes all of data to fd at off. */
+static enum lb_err spool_pwrite_all(int fd, const void *data, size_t len, long long off)
+{
+    const char *p = data;
+
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return LB_ERR_IO;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return LB_OK;
+}
+
+/* The header block of generation gen. */
+static void spool_wal_header(uint32_t gen, unsigned char head[SPOOL_WAL_HEAD])
+{
+    uint32_t w[2] = {SPOOL_WAL_HMAGIC, gen};
+
+    memset(head, 0, SPOOL_WAL_HEAD);
+    memcpy(head, w, sizeof(w));
+}
+
+/* A record's check: the first 4 bytes of SHA-256 over its header (check zeroed) and payload. */
+static uint32_t spool_wal_check(unsigned char *rec, size_t len)
+{
+    uint8_t digest[SHA256_DIGEST_SIZE];
+    uint32_t c;
+
+    memset(rec + 12, 0, 4);
+    sha256(rec, len, digest);
+    memcpy(&c, digest, sizeof(c));
+    return c;
+}
+
+/* Makes this process's journal (under wal_mu): written whole in tmp/, then renamed into place. */
+static enum lb_err spool_wal_create(struct outbox_store *st)
+{
+    char tmp[SPOOL_PATH_MAX], dest[SPOOL_PATH_MAX];
+    unsigned char head[SPOOL_WAL_HEAD];
+    uint8_t rnd[8];
+    char rhex[2 * sizeof(rnd) + 1];
+    int fd;
+
+    if (crypto_random(rnd, sizeof(rnd)) != 0)
+        return LB_ERR_INTERNAL;
+    hex_encode(rnd, sizeof(rnd), rhex);
+    snprintf(st->wal_name, sizeof(st->wal_name), "%ld.%s.wal", (long)getpid(), rhex);
+    if (spool_path(st, tmp, sizeof(tmp), "tmp", st->wal_name, NULL) != LB_OK ||
+        spool_path(st, dest, sizeof(dest), "journal", st->wal_name, NULL) != LB_OK)
+        return LB_ERR_INTERNAL;
+    fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return LB_ERR_IO;
+    /* Locked before anyone can see it: an unlocked journal is one whose process died. */
+    st->wal_gen = 1;
+    spool_wal_header(st->wal_gen, head);
+    if (spool_flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+        spool_pwrite_all(fd, head, sizeof(head), 0) != LB_OK || fdatasync(fd) != 0 ||
+        rename(tmp, dest) != 0 || fsync(st->sub_fd[SPOOL_SUB_JOURNAL]) != 0) {
+        (void)unlink(tmp);
+        (void)close(fd);
+        return LB_ERR_IO;
+    }
+    st->wal_fd = fd;
+    st->wal_off = SPOOL_WAL_HEAD;
+    st->wal_records = false;
+    return LB_OK;
+}
+
+/*
+ * Empties a full journal (under wal_mu): once syncfs has made every spool file durable, no
+ * record is needed any more; the next generation starts at the top and voids the old records.
+ */
+static enum lb_err spool_wal_checkpoint(struct outbox_store *st)
+{
+    unsigned char head[SPOOL_WAL_HEAD];
+
+    if (syncfs(st->dir_fd) != 0)
+        return LB_ERR_IO;
+    spool_wal_header(st->wal_gen + 1, head);
+    if (spool_pwrite_all(st->wal_fd, head, sizeof(head), 0) != LB_OK ||
+        fdatasync(st->wal_fd) != 0)
+        return LB_ERR_IO;
+    st->wal_gen++;
+    st->wal_off = SPOOL_WAL_HEAD;
+    st->wal_records = false;
+    return LB_OK;
+}
+
+/*
+ * Appends "sub/name\nmtime\n" + data to this process's journal; the next commit makes it
+ * durable (see Group commit). The file itself is left to the kernel's writeback.
+ */
+static enum lb_err spool_journal(struct outbox_store *st, const char *sub, const char *name,
+                                 const char *data, size_t len, long long mtime)
+{
+    struct buf b;
+    uint32_t w[4] = {SPOOL_WAL_MAGIC, 0, 0, 0};
+    enum lb_err e = LB_OK;
+    size_t total;
+
+    buf_init(&b, len + 512);
+    e = buf_append(&b, w, sizeof(w));
+    if (e == LB_OK)
+        e = buf_printf(&b, "%s/%s\n%lld\n", sub, name, mtime);
+    if (e == LB_OK)
+        e = buf_append(&b, data, len);
+    while (e == LB_OK && b.len % 8 != 0)
+        e = buf_putc(&b, '\0');
+    if (e == LB_OK && b.len > (size_t)(SPOOL_WAL_MAX - SPOOL_WAL_HEAD))
+        e = LB_ERR_TOO_LARGE;
+    if (e != LB_OK) {
+        buf_free(&b);
+        return e;
+    }
+    total = b.len;
+    pthread_mutex_lock(&st->wal_mu);
+    if (st->wal_fd < 0)
+        e = spool_wal_create(st);
+    if (e == LB_OK && st->wal_off + (long long)total > SPOOL_WAL_MAX)
+        e = spool_wal_checkpoint(st);
+    if (e == LB_OK) {
+        w[1] = st->wal_gen;
+        w[2] = (uint32_t)(total - SPOOL_WAL_REC);
+        memcpy(b.data, w, sizeof(w));
+        w[3] = spool_wal_check((unsigned char *)b.data, total);
+        memcpy(b.data + 12, &w[3], 4);
+        e = spool_pwrite_all(st->wal_fd, b.data, total, st->wal_off);
+    }
+    if (e == LB_OK) {
+        st->wal_off += (long long)total;
+        st->wal_records = true;
+    }
+    pthread_mutex_unlock(&st->wal_mu);
+    buf_free(&b);
+    if (e == LB_OK) {
+        pthread_mutex_lock(&st->mu);
+        st->wal_dirty = true;
+        pthread_mutex_unlock(&st->mu);
+    }
+    return e;
+}
+
 /* ---- writing files ---- */
 
 enum spool_place { SPOOL_REPLACE, SPOOL_NOREPLACE };
@@ -397,7 +580,7 @@ enum spool_place { SPOOL_REPLACE, SPOOL_NOREPLACE };
 static enum lb_err spool_write_file(struct outbox_store *st, const char *sub, const char *name,
                                     const char *hint, const char *data, size_t len,
                                     enum spool_place place, long long mtime, int *locked_fd,
-                                    bool enlist)
+                                    enum spool_sync sync)
 {
     char tmp[SPOOL_PATH_MAX], dest[SPOOL_PATH_MAX], suffix[64];
     struct timespec times[2];
@@ -449,7 +632,11 @@ static enum lb_err spool_write_file(struct outbox_store *st, const char *sub, co
         }
         (void)unlink(tmp);
     }
-    if (enlist && spool_enlist(st, fd, sub) != LB_OK) {
+    if ((sync == SPOOL_SYNC_FILE && spool_enlist(st, fd, sub) != LB_OK) ||
+        (sync == SPOOL_SYNC_JOURNAL &&
+         spool_journal(st, sub, name, data, len, mtime) != LB_OK)) {
+        if (place == SPOOL_NOREPLACE)
+            (void)unlink(dest); /* ours alone a moment ago: not accepted after all */
         (void)close(fd);
         return LB_ERR_IO;
     }
@@ -468,14 +655,14 @@ fail:
 /* Dumps j compactly and writes it with spool_write_file. */
 static enum lb_err spool_write_json(struct outbox_store *st, const char *sub, const char *name,
                                     const char *hint, const json_t *j, enum spool_place place,
-                                    long long mtime, int *locked_fd, bool enlist)
+                                    long long mtime, int *locked_fd, enum spool_sync sync)
 {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    char *s = json_dumps(j, JSON_COMPACT);
     enum lb_err e;
 
     if (s == NULL)
         return LB_ERR_NOMEM;
-    e = spool_write_file(st, sub, name, hint, s, strlen(s), place, mtime, locked_fd, enlist);
+    e = spool_write_file(st, sub, name, hint, s, strlen(s), place, mtime, locked_fd, sync);
     free(s);
     return e;
 }
@@ -564,15 +751,26 @@ static void spool_close(struct outbox_store *st)
 {
     if (st == NULL)
         return;
-    if (st->dir_fd >= 0) {
+    if (st->dir_fd >= 0)
         (void)spool_flush(st);
-        (void)close(st->dir_fd);
+    if (st->wal_fd >= 0) {
+        char p[SPOOL_PATH_MAX];
+
+        /* Records not yet checkpointed keep it for the next opener's recovery (no syncfs here:
+         * it would make a stop wait on every dirty file of the file system). */
+        if (!st->wal_records &&
+            spool_path(st, p, sizeof(p), "journal", st->wal_name, NULL) == LB_OK)
+            (void)unlink(p);
+        (void)close(st->wal_fd);
     }
+    if (st->dir_fd >= 0)
+        (void)close(st->dir_fd);
     for (size_t i = 0; i < SPOOL_N_SUBDIRS; i++)
         if (st->sub_fd[i] >= 0)
             (void)close(st->sub_fd[i]);
     free(st->sync_fds);
     pthread_mutex_destroy(&st->mu);
+    pthread_mutex_destroy(&st->wal_mu);
     pthread_cond_destroy(&st->cv);
     free(st->dir);
     free(st);
@@ -603,7 +801,8 @@ static enum lb_err spool_put(struct outbox_store *st, const char *id, const json
         return lb_fail(err, LB_ERR_CONFLICT, "job %s exists already", id);
     snprintf(name, sizeof(name), "%s.json", id);
     errno = 0;
-    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, NULL, true);
+    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, NULL,
+                         SPOOL_SYNC_JOURNAL);
     if (e == LB_ERR_CONFLICT)
         return lb_fail(err, e, "job %s exists already", id);
     if (e != LB_OK)
@@ -634,7 +833,7 @@ static enum lb_err spool_quarantine(struct outbox_store *st, const char *sub, co
     if (rec == NULL)
         return LB_ERR_NOMEM;
     snprintf(name, sizeof(name), "%s.json", id);
-    e = spool_write_json(st, "dead", name, id, rec, SPOOL_REPLACE, now, NULL, true);
+    e = spool_write_json(st, "dead", name, id, rec, SPOOL_REPLACE, now, NULL, SPOOL_SYNC_FILE);
     json_decref(rec);
     if (e != LB_OK)
         return e;
@@ -787,7 +986,10 @@ static enum lb_err spool_write(struct outbox_store *st, struct outbox_hold *h, c
         return LB_ERR_INTERNAL;
     snprintf(name, sizeof(name), "%s.json", h->id);
     /* Rewritten in place first, then one rename: the job is never in two places. */
-    e = spool_write_json(st, sub, name, h->id, job, SPOOL_REPLACE, due, &fd, durable);
+    /* A rewrite in place is journaled; a move needs the file and both folders synced. */
+    e = spool_write_json(st, sub, name, h->id, job, SPOOL_REPLACE, due, &fd,
+                         !durable ? SPOOL_NOSYNC
+                         : where == h->state ? SPOOL_SYNC_JOURNAL : SPOOL_SYNC_FILE);
     if (e != LB_OK)
         return e;
     (void)close(h->fd);
@@ -1076,7 +1278,8 @@ static enum lb_err spool_reserve_key(struct outbox_store *st, const char *key,
         const char *jid, *body;
 
         /* Durable with the job's commit: a key matters only once its job is accepted. */
-        e = spool_write_json(st, "keys", name, job_id, rec, SPOOL_NOREPLACE, expires, NULL, true);
+        e = spool_write_json(st, "keys", name, job_id, rec, SPOOL_NOREPLACE, expires, NULL,
+                             SPOOL_SYNC_JOURNAL);
         if (e != LB_ERR_CONFLICT)
             goto out;
         /* Taken: a key file is complete the moment it exists (it was linked in whole). */
@@ -1198,11 +1401,189 @@ static enum lb_err spool_remove_older(struct outbox_store *st, enum outbox_state
     return spool_remove_in(st, sub, cutoff, cutoff, count);
 }
 
+/* ---- recovery of journals whose process died ---- */
+
+/* How far a job has got: attempts begun and ended, targets settled (for replaying rewrites). */
+static long long spool_progress(const json_t *job)
+{
+    const char *name;
+    json_t *t;
+    long long n = 0;
+
+    json_object_foreach(json_object_get(job, "targets"), name, t) {
+        const char *status = json_string_value(json_object_get(t, "status"));
+
+        n += spool_int(t, "started", 0) + spool_int(t, "attempts", 0);
+        if (status != NULL && strcmp(status, "pending") != 0)
+            n += 1000000;
+    }
+    return n;
+}
+
+/*
+ * Replays one record: puts the file back when a crash lost it. A key comes back when missing
+ * and unexpired. A job comes back into queue/ unless it is done or dead; a queue file already
+ * there is replaced only when the record is further along (more attempts begun) and nobody holds
+ * it. The record's "started" marks make the next attempt ask the API before creating again.
+ */
+static void spool_replay(struct outbox_store *st, const char *sub, const char *name,
+                         long long mtime, const char *data, size_t len, long long now)
+{
+    char id[OUTBOX_ID_SIZE], path[SPOOL_PATH_MAX], why[200];
+    bool odd;
+    int fd;
+
+    if (strcmp(sub, "keys") == 0) {
+        if (strlen(name) == SPOOL_KEY_HEX + 5 && strcmp(name + SPOOL_KEY_HEX, ".json") == 0 &&
+            mtime > now)
+            (void)spool_write_file(st, "keys", name, "key", data, len, SPOOL_NOREPLACE, mtime,
+                                   NULL, SPOOL_NOSYNC);
+        return;
+    }
+    if (strcmp(sub, "queue") != 0 || !spool_name_id(name, ".json", id) ||
+        spool_exists(st, "done", id, ".json") || spool_exists(st, "dead", id, ".json") ||
+        spool_path(st, path, sizeof(path), "queue", name, NULL) != LB_OK)
+        return;
+    fd = spool_open_regular(path, &odd);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            (void)spool_write_file(st, "queue", name, id, data, len, SPOOL_NOREPLACE, mtime,
+                                   NULL, SPOOL_NOSYNC);
+        return;
+    }
+    if (spool_flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        struct buf b, r;
+        enum lb_err e;
+        json_t *have, *want;
+
+        buf_init(&b, OUTBOX_FILE_MAX);
+        e = spool_read_fd(fd, &b);
+        have = e == LB_OK ? spool_parse(&b, why, sizeof(why)) : NULL;
+        buf_init(&r, OUTBOX_FILE_MAX);
+        want = buf_append(&r, data, len) == LB_OK ? spool_parse(&r, why, sizeof(why)) : NULL;
+        if (want != NULL && (have == NULL || spool_progress(want) > spool_progress(have)))
+            (void)spool_write_file(st, "queue", name, id, data, len, SPOOL_REPLACE, mtime, NULL,
+                                   SPOOL_NOSYNC);
+        json_decref(have);
+        json_decref(want);
+        buf_free(&b);
+        buf_free(&r);
+    }
+    (void)close(fd);
+}
+
+/* Replays the records of the current generation in journal fd (read whole into b). */
+static void spool_replay_journal(struct outbox_store *st, const struct buf *b, long long now)
+{
+    const unsigned char *p = (const unsigned char *)b->data;
+    uint32_t head[2];
+    size_t off = SPOOL_WAL_HEAD;
+
+    if (b->len < SPOOL_WAL_HEAD)
+        return;
+    memcpy(head, p, sizeof(head));
+    if (head[0] != SPOOL_WAL_HMAGIC)
+        return;
+    while (off + SPOOL_WAL_REC <= b->len) {
+        uint32_t w[4];
+        unsigned char rec[SPOOL_WAL_REC];
+        const char *payload, *nl1, *nl2, *end;
+        char path[SPOOL_PATH_MAX], *slash;
+        uint8_t digest[SHA256_DIGEST_SIZE];
+        uint32_t check;
+        size_t total;
+        long long mtime;
+        struct buf whole;
+
+        memcpy(w, p + off, sizeof(w));
+        if (w[0] != SPOOL_WAL_MAGIC || w[1] != head[1] || w[2] > b->len - off - SPOOL_WAL_REC)
+            break;
+        total = SPOOL_WAL_REC + w[2];
+        memcpy(rec, p + off, sizeof(rec));
+        memset(rec + 12, 0, 4);
+        buf_init(&whole, total);
+        if (buf_append(&whole, rec, sizeof(rec)) != LB_OK ||
+            buf_append(&whole, p + off + SPOOL_WAL_REC, w[2]) != LB_OK) {
+            buf_free(&whole);
+            break;
+        }
+        sha256(whole.data, whole.len, digest);
+        buf_free(&whole);
+        memcpy(&check, digest, sizeof(check));
+        if (check != w[3])
+            break; /* torn: the write the crash interrupted, never acknowledged */
+        payload = (const char *)p + off + SPOOL_WAL_REC;
+        end = payload + w[2];
+        nl1 = memchr(payload, '\n', (size_t)(end - payload));
+        nl2 = nl1 != NULL ? memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1)) : NULL;
+        if (nl2 != NULL && (size_t)(nl1 - payload) < sizeof(path)) {
+            size_t dlen = (size_t)(end - nl2 - 1);
+
+            memcpy(path, payload, (size_t)(nl1 - payload));
+            path[nl1 - payload] = '\0';
+            mtime = strtoll(nl1 + 1, NULL, 10);
+            while (dlen > 0 && nl2[dlen] == '\0')
+                dlen--; /* the padding */
+            slash = strchr(path, '/');
+            if (slash != NULL && strchr(slash + 1, '/') == NULL) {
+                *slash = '\0';
+                spool_replay(st, path, slash + 1, mtime, nl2 + 1, dlen, now);
+            }
+        }
+        off += total;
+    }
+}
+
+/*
+ * Replays every journal in journal/ whose process is gone (nobody holds its lock), then makes
+ * the spool durable (syncfs) and removes the journal. Called when the spool is opened and from
+ * the retry pass; a live process's journal is never touched (its owner holds the lock).
+ */
+static void spool_recover(struct outbox_store *st, long long now)
+{
+    char p[SPOOL_PATH_MAX];
+    struct dirent *de;
+    DIR *d;
+
+    if (spool_path(st, p, sizeof(p), "journal", NULL, NULL) != LB_OK || (d = opendir(p)) == NULL)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        struct buf b;
+        bool odd;
+        int fd;
+
+        if (len < 5 || strcmp(de->d_name + len - 4, ".wal") != 0 ||
+            spool_path(st, p, sizeof(p), "journal", de->d_name, NULL) != LB_OK)
+            continue;
+        fd = spool_open_regular(p, &odd);
+        if (fd < 0) {
+            if (odd)
+                spool_set_aside(st, "journal", de->d_name);
+            continue;
+        }
+        if (spool_flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            (void)close(fd); /* its process is alive */
+            continue;
+        }
+        buf_init(&b, SPOOL_WAL_MAX + SPOOL_WAL_HEAD);
+        if (spool_read_fd(fd, &b) == LB_OK) {
+            spool_replay_journal(st, &b, now);
+            if (syncfs(st->dir_fd) == 0 && unlinkat(dirfd(d), de->d_name, 0) == 0)
+                (void)fsync(st->sub_fd[SPOOL_SUB_JOURNAL]);
+        }
+        buf_free(&b);
+        (void)close(fd);
+    }
+    (void)closedir(d);
+}
+
 static enum lb_err spool_expire(struct outbox_store *st, long long now)
 {
     enum lb_err e = spool_remove_in(st, "keys", now, now, NULL);
 
     spool_clean_tmp(st);
+    spool_recover(st, now);
     return e;
 }
 
@@ -1243,9 +1624,11 @@ struct outbox_store *outbox_spool_open(const char *dir, long long tmp_max_age,
     if (st == NULL)
         goto nomem;
     st->dir_fd = -1;
+    st->wal_fd = -1;
     for (i = 0; i < SPOOL_N_SUBDIRS; i++)
         st->sub_fd[i] = -1;
     pthread_mutex_init(&st->mu, NULL);
+    pthread_mutex_init(&st->wal_mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     st->tmp_max_age = tmp_max_age;
     st->dir = strdup(dir);
@@ -1269,6 +1652,7 @@ struct outbox_store *outbox_spool_open(const char *dir, long long tmp_max_age,
         goto fail;
     }
     spool_clean_tmp(st);
+    spool_recover(st, (long long)time(NULL));
     *ops = &spool_ops;
     return st;
 

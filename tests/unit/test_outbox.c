@@ -1398,3 +1398,118 @@ Test(outbox, deferred_by_a_rate_limit_is_no_attempt)
     json_decref(job);
     outbox_close(ob);
 }
+
+/* Removes every file in sub (a power loss that lost them before writeback). */
+static void lose_all(const char *sub)
+{
+    char p[256], f[512];
+    struct dirent *de;
+    DIR *d;
+
+    snprintf(p, sizeof(p), "%s/%s", spool, sub);
+    d = opendir(p);
+    cr_assert_not_null(d);
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(f, sizeof(f), "%s/%s", p, de->d_name);
+        cr_assert_eq(unlink(f), 0);
+    }
+    closedir(d);
+}
+
+/*
+ * A new job and its key are durable through the process's journal, not through their own files:
+ * when a crash and a power loss lose those files, the next opener puts them back from the
+ * journal (the job still marked started, so its next attempt asks the API first), leaves a
+ * delivered job alone, ignores a torn last record and removes the journal.
+ */
+Test(outbox, journal_brings_back_what_a_power_loss_lost)
+{
+    char a[OUTBOX_ID_SIZE], c[OUTBOX_ID_SIZE], existing[OUTBOX_ID_SIZE], p[256];
+    long long now = (long long)time(NULL);
+    int fds[2], status;
+    struct outbox *ob;
+    bool dup = false;
+    pid_t pid;
+    json_t *back;
+
+    cr_assert_eq(pipe(fds), 0);
+    pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        struct lb_error err = {0};
+        struct outbox_claim *cl = NULL;
+        struct target_result r;
+        struct outbox *cob = outbox_open(spool, NULL, &err);
+        json_t *job = cob != NULL ? make_job(a, now, one_target) : NULL;
+        json_t *job2 = cob != NULL ? make_job(c, now, one_target) : NULL;
+        bool d = false;
+
+        if (job == NULL || job2 == NULL || outbox_job_mark_started(job) != LB_OK ||
+            outbox_reserve_key(cob, "fp:journal", NULL, a, now, &d, existing) != LB_OK ||
+            outbox_put(cob, job, &err) != LB_OK || outbox_put(cob, job2, &err) != LB_OK ||
+            outbox_claim(cob, c, &cl) != LB_OK)
+            _exit(2);
+        target_result_init(&r);
+        r.outcome = DELIVERY_OK;
+        r.http_status = 201;
+        if (outbox_record(cl, "leadpro", &r, now) != LB_OK || outbox_finish(cl, now, NULL) != LB_OK)
+            _exit(3);
+        if (write(fds[1], a, OUTBOX_ID_LEN) != OUTBOX_ID_LEN ||
+            write(fds[1], c, OUTBOX_ID_LEN) != OUTBOX_ID_LEN)
+            _exit(4);
+        _exit(0); /* a crash: no outbox_close */
+    }
+    close(fds[1]);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    cr_assert_eq(read(fds[0], a, OUTBOX_ID_LEN), OUTBOX_ID_LEN);
+    cr_assert_eq(read(fds[0], c, OUTBOX_ID_LEN), OUTBOX_ID_LEN);
+    a[OUTBOX_ID_LEN] = c[OUTBOX_ID_LEN] = '\0';
+    close(fds[0]);
+    cr_assert_eq(count_files("journal", ".wal"), 1, "the dead process's journal stays");
+    cr_assert_eq(count_files("done", ".json"), 1);
+
+    /* The power loss: the job and key files never reached the disk; a torn record at the end. */
+    lose_all("queue");
+    lose_all("keys");
+    {
+        char wal[512];
+        struct dirent *de;
+        DIR *d;
+        FILE *f;
+
+        snprintf(p, sizeof(p), "%s/journal", spool);
+        d = opendir(p);
+        cr_assert_not_null(d);
+        while ((de = readdir(d)) != NULL && de->d_name[0] == '.')
+            ;
+        cr_assert_not_null(de);
+        snprintf(wal, sizeof(wal), "%s/%s", p, de->d_name);
+        closedir(d);
+        f = fopen(wal, "ab");
+        cr_assert_not_null(f);
+        fputs("LBJ1\1\0\0\0garbage that is not a whole record", f);
+        fclose(f);
+    }
+
+    ob = open_spool(NULL);
+    back = load_json("queue", a);
+    cr_assert_not_null(back, "the accepted job is back in queue/");
+    {
+        json_t *t = json_object_get(json_object_get(back, "targets"), "leadpro");
+
+        cr_assert_gt(json_integer_value(json_object_get(t, "started")),
+                     json_integer_value(json_object_get(t, "attempts")),
+                     "its interrupted attempt is still unknown: the API is asked first");
+    }
+    json_decref(back);
+    cr_assert_null(read_text("queue", c, ".json"), "a delivered job is not brought back");
+    cr_assert_eq(count_files("queue", ".json"), 1);
+    cr_assert_eq(outbox_reserve_key(ob, "fp:journal", NULL, c, now, &dup, existing), LB_OK);
+    cr_assert(dup, "the key is back and still names the first job");
+    cr_assert_str_eq(existing, a);
+    cr_assert_eq(count_files("journal", ".wal"), 0, "a replayed journal is removed");
+    outbox_close(ob);
+}
