@@ -42,6 +42,8 @@
 #include "target.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/leadbridge/leadbridge.json"
+#define MAX_LOOPS 8
+#define LOOP_WORKERS 4
 
 /* What the spool holds besides the outbox: spam in quarantine, the shared rate-limit table. */
 struct spool_extras {
@@ -55,7 +57,11 @@ struct server {
     const struct spool_extras *extras;
     int listen_fd;
     int read_timeout;         /* seconds a connection may take to send its request */
-    struct http_loop *loop;   /* the event loop where requests wait on the lead APIs */
+    /* The event loops where requests wait on the lead APIs: one per LOOP_WORKERS workers, so
+     * that answering pages and filing jobs (file work) is not one thread's queue. */
+    struct http_loop *loops[MAX_LOOPS];
+    int n_loops;
+    atomic_int next_loop;     /* the loop the next worker to start uses */
     bool own_socket;          /* opened with -s: shutdown() may wake accept(); else it is shared */
     pthread_t accepter;       /* the worker inside FCGX_Accept_r, when in_accept */
     atomic_int in_accept;
@@ -346,7 +352,7 @@ static void *worker_main(void *arg)
     w.outbox = s->outbox;
     w.quarantine = s->extras->quarantine;
     w.limits = s->extras->limits;
-    w.loop = s->loop;
+    w.loop = s->n_loops > 0 ? s->loops[atomic_fetch_add(&s->next_loop, 1) % s->n_loops] : NULL;
     w.finish = fcgi_finish;
     req = new_request();
     if (w.http == NULL || req == NULL) {
@@ -518,8 +524,13 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
 
     if (ob != NULL && pthread_create(&retry_tid, NULL, retry_main, &s) != 0)
         return 1;
-    s.loop = http_loop_start();
-    if (s.loop == NULL)
+    for (int i = 0; i < MAX_LOOPS && i < (threads + LOOP_WORKERS - 1) / LOOP_WORKERS; i++) {
+        s.loops[s.n_loops] = http_loop_start();
+        if (s.loops[s.n_loops] == NULL)
+            break;
+        s.n_loops++;
+    }
+    if (s.n_loops == 0)
         log_msg(LOG_WARN, "no event loop: requests wait on the lead APIs on worker threads");
     tids = calloc((size_t)threads, sizeof(*tids));
     for (int i = 0; tids != NULL && i < threads; i++) {
@@ -538,7 +549,8 @@ static int serve_fastcgi(const struct config *cfg, struct outbox *ob,
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     /* Requests waiting on the APIs finish (each within its target's timeout) and are answered. */
-    http_loop_stop(s.loop);
+    for (int i = 0; i < s.n_loops; i++)
+        http_loop_stop(s.loops[i]);
     if (!s.stopping) {
         pthread_kill(sig_tid, SIGUSR1);
         pthread_mutex_lock(&s.stop_lock);
