@@ -18,6 +18,8 @@ const OUT = process.env.LB_BROWSER_OUT || fs.mkdtempSync(path.join(os.tmpdir(), 
 const SHOTS = path.join(OUT, "screenshots");
 const AXE_LOG = path.join(OUT, "axe.jsonl");
 fs.mkdirSync(SHOTS, { recursive: true });
+// each test file runs in its own process (node --test): its name keeps their files apart
+const TAG = path.basename(process.argv[1] || "run", ".js").replace(/\.test$/, "");
 const AXE_SOURCE = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -25,7 +27,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /* ---- the stack ---- */
 
 function startStack(profile) {
-  const dir = path.join(OUT, "stack-" + profile);
+  const dir = path.join(OUT, "stack-" + TAG + "-" + profile);
   fs.rmSync(dir, { recursive: true, force: true });
   const p = spawn("python3", [path.join(__dirname, "stack.py"), "--profile", profile, "--dir", dir],
     { stdio: ["pipe", "pipe", "pipe"], env: Object.assign({}, process.env, { PYTHONDONTWRITEBYTECODE: "1" }) });
@@ -126,6 +128,10 @@ async function newPage(browser, { width = 1280, js = true } = {}) {
     ["submit", "success", "error"].forEach((t) => document.addEventListener("leadbridge:" + t,
       (e) => window.__lbEvents.push({ type: e.type, detail: e.detail })));
   });
+  page.on("response", async (r) => {
+    if (r.request().method() === "POST" && r.status() >= 400 && process.env.LB_BROWSER_DEBUG)
+      console.log("POST", r.url(), r.status(), await r.text().catch(() => ""));
+  });
   const close = page.close.bind(page);
   page.close = async () => { await close(); await ctx.close(); };
   return page;
@@ -133,7 +139,7 @@ async function newPage(browser, { width = 1280, js = true } = {}) {
 
 let shotSeq = 0;
 async function shot(page, name) {
-  const file = path.join(SHOTS, String(++shotSeq).padStart(3, "0") + "-" + name.replace(/[^A-Za-z0-9_-]+/g, "_") + ".png");
+  const file = path.join(SHOTS, TAG + "-" + String(++shotSeq).padStart(3, "0") + "-" + name.replace(/[^A-Za-z0-9_-]+/g, "_") + ".png");
   await page.screenshot({ path: file, fullPage: true });
   return file;
 }
@@ -229,13 +235,27 @@ async function fill(page, prefix, values, delay = 0) {
   }
 }
 
-/* Presses Tab (at most 40 times) until the element with id has focus; asserts it got there. */
-async function tabTo(page, id) {
-  for (let i = 0; i < 40; i++) {
-    if (await page.evaluate(() => document.activeElement && document.activeElement.id) === id) return;
+/* Presses Tab (at most 60 times) until the element matching sel (or with id sel) has focus. */
+async function tabTo(page, sel) {
+  const css = /^[A-Za-z][\w-]*$/.test(sel) ? "#" + sel : sel;
+  for (let i = 0; i < 60; i++) {
+    if (await page.evaluate((c) => !!document.activeElement && document.activeElement.matches(c), css)) return;
     await page.keyboard.press("Tab");
   }
-  assert.fail("Tab never reached #" + id);
+  assert.fail("Tab never reached " + css);
+}
+
+/* Fills the whole valuation form (JS or not) with v, ticks consent, waits out the 0.5 s time trap. */
+async function fillValuation(page, v, prefix = "lb-valuation") {
+  await page.waitForSelector("#" + prefix + "-address");
+  await fill(page, prefix, v);
+  await fill(page, prefix, { consent: true });
+  await sleep(600);
+}
+
+/* Submits a form without JavaScript and waits for the page it is sent to. */
+async function submitNoJs(page, sel = "form button[type=submit]") {
+  await Promise.all([page.waitForNavigation(), page.click(sel)]);
 }
 
 async function events(page) {
@@ -243,4 +263,4 @@ async function events(page) {
 }
 
 module.exports = { OUT, SHOTS, AXE_LOG, sleep, startStack, standin, leads, waitLeads, mode, launch, newPage, shot, axe,
-  overflow, marker, visitor, fill, tabTo, events };
+  overflow, marker, visitor, fill, fillValuation, submitNoJs, tabTo, events };

@@ -11,7 +11,7 @@ form's origins) serving the same page. Prints one JSON line with the URLs, then 
 closes or SIGTERM, and stops everything (the bridge must exit 0).
 
 The config is conf/leadbridge.json as shipped, with a few test settings (written into DIR):
-  shipped  the outbox retries after 1-2 s (not 5 s), the form token's time trap is 1 s (not 3)
+  shipped  the outbox retries after 1-2 s (not 5 s), the form token's time trap is 0.5 s (not 3)
            and the per-IP rate limit is raised, so one suite run from one address fits in a
            minute or two (tests/integration/test_spam.py covers the limits themselves);
   guards   issue 11's human run: every free guard on and required. valuation: honeypot, a
@@ -72,7 +72,7 @@ def test_config(profile, out):
     if profile == "shipped":
         for name in ("contact", "valuation"):
             g = forms[name]["guard"]
-            g["token"]["min_seconds"] = 1
+            g["token"]["min_seconds"] = 0.5
             g["rate_limit"]["per_ip"] = {"burst": 500, "per_minute": 500}
     else:
         for name in ("contact", "valuation"):

@@ -94,6 +94,8 @@
         ["email", "Email address", "email", "email"],
         ["phone", "Phone number", "tel", "tel"],
         ["enquiry", "I am interested in", "select", ["Buying", "Renting", "Selling", "Letting"]],
+        ["property", "The property you are asking about (optional)", "text"],
+        ["property_postcode", "Its postcode (optional)", "text", "", "", "lb-w10"],
         ["message", "Your message", "textarea"],
         ["consent", PRIVACY + "this enquiry", "consent", "Privacy policy"],
         ["marketing", NEWS, "marketing", "News"]
@@ -417,6 +419,7 @@
       }).catch(function () {
         done();
         showErrors(w, form, [{message: WORDS.network}]);
+        say(w, WORDS.network);
         emit(w, "error", "network");
       });
     });
