@@ -1157,7 +1157,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         json_decref(job);
         job = NULL;
     }
-    e = job != NULL ? outbox_put(ob, job, &err) : LB_ERR_NOMEM;
+    e = job != NULL ? outbox_put_claim(ob, job, &claim, &err) : LB_ERR_NOMEM;
     json_decref(job);
     if (e != LB_OK) {
         if (idem[0] != '\0')
@@ -1173,13 +1173,16 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         /* Applied by the outbox to the lead its create makes, once that is delivered. */
         json_t *targets = json_object();
 
+        outbox_release(claim);
+
         rec->outcome = "queued";
         json_object_set_new(targets, j->update_target->name, json_string("queued"));
         answer_delivery(j, action, "queued", targets, NULL, NULL, NULL, out);
         json_decref(targets);
         return;
     }
-    for (int i = 0; i < 20 && (e = outbox_claim(ob, j->submission_id, &claim)) == LB_ERR_CONFLICT;
+    for (int i = 0; claim == NULL && i < 20 &&
+                    (e = outbox_claim(ob, j->submission_id, &claim)) == LB_ERR_CONFLICT;
          i++)
         nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL); /* a duplicate looking at it */
     if (e != LB_OK) {

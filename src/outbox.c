@@ -462,7 +462,9 @@ bool outbox_attempt_unknown(const json_t *entry)
     return json_is_true(json_object_get(entry, "check_existing"));
 }
 
-enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *err)
+/* outbox_put(), and with claim (not NULL) outbox_put_claim(). */
+static enum lb_err outbox_put_in(struct outbox *ob, const json_t *job,
+                                 struct outbox_claim **claim, struct lb_error *err)
 {
     char why[160];
     const char *id, *tname;
@@ -500,10 +502,47 @@ enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *er
         e = lb_fail(err, LB_ERR_BAD_REQUEST, "bad job: %s", why);
         goto out;
     }
+    if (claim != NULL && ob->ops->put_claim != NULL) {
+        struct outbox_hold *h = NULL;
+        struct outbox_claim *c;
+
+        e = ob->ops->put_claim(ob->st, id, copy, outbox_int(copy, "next_attempt", created), &h,
+                               err);
+        if (e != LB_OK)
+            goto out;
+        c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            ob->ops->release(ob->st, h); /* stored: the outbox delivers it */
+            goto out;
+        }
+        c->ob = ob;
+        c->hold = h;
+        memcpy(c->id, id, OUTBOX_ID_SIZE);
+        c->job = copy; /* what a claim would read back from the store */
+        copy = NULL;
+        c->retry_after = -1;
+        c->deferred = -1;
+        *claim = c;
+        goto out;
+    }
     e = ob->ops->put(ob->st, id, copy, outbox_int(copy, "next_attempt", created), err);
+    if (e == LB_OK && claim != NULL)
+        (void)outbox_claim(ob, id, claim);
 out:
     json_decref(copy);
     return e;
+}
+
+enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *err)
+{
+    return outbox_put_in(ob, job, NULL, err);
+}
+
+enum lb_err outbox_put_claim(struct outbox *ob, const json_t *job, struct outbox_claim **claim,
+                             struct lb_error *err)
+{
+    *claim = NULL;
+    return outbox_put_in(ob, job, claim, err);
 }
 
 /* ---- claims ---- */

@@ -224,6 +224,13 @@ bool outbox_attempt_unknown(const json_t *entry);
  * OUTBOX_FILE_MAX, LB_ERR_IO on disk errors.
  */
 enum lb_err outbox_put(struct outbox *ob, const json_t *job, struct lb_error *err);
+/*
+ * outbox_put(), and on LB_OK the caller also holds the claim of the new job in *claim (the
+ * request path delivers it at once): taken before anyone else could, and without reading the
+ * job back. *claim is NULL when the claim could not be made (the outbox delivers the job).
+ */
+enum lb_err outbox_put_claim(struct outbox *ob, const json_t *job, struct outbox_claim **claim,
+                             struct lb_error *err);
 
 /*
  * Claims queued job id for delivery without waiting. LB_OK: *out is a new claim (end it with

@@ -790,19 +790,26 @@ static bool spool_exists(const struct outbox_store *st, const char *sub, const c
     return lstat(p, &sb) == 0;
 }
 
-static enum lb_err spool_put(struct outbox_store *st, const char *id, const json_t *job,
-                             long long due, struct lb_error *err)
+static enum lb_err spool_put_in(struct outbox_store *st, const char *id, const json_t *job,
+                                long long due, struct outbox_hold **hold, struct lb_error *err)
 {
     char name[OUTBOX_ID_SIZE + 8];
     unsigned long long ticket;
+    struct outbox_hold *h = NULL;
     enum lb_err e;
+    int fd = -1;
 
     if (spool_exists(st, "done", id, ".json") || spool_exists(st, "dead", id, ".json"))
         return lb_fail(err, LB_ERR_CONFLICT, "job %s exists already", id);
     snprintf(name, sizeof(name), "%s.json", id);
     errno = 0;
-    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, NULL,
+    if (hold != NULL && (h = calloc(1, sizeof(*h))) == NULL)
+        return lb_fail(err, LB_ERR_NOMEM, "out of memory");
+    /* With a hold the file is locked before it appears: nobody else can claim it first. */
+    e = spool_write_json(st, "queue", name, id, job, SPOOL_NOREPLACE, due, h != NULL ? &fd : NULL,
                          SPOOL_SYNC_JOURNAL);
+    if (e != LB_OK)
+        free(h);
     if (e == LB_ERR_CONFLICT)
         return lb_fail(err, e, "job %s exists already", id);
     if (e != LB_OK)
@@ -810,9 +817,32 @@ static enum lb_err spool_put(struct outbox_store *st, const char *id, const json
                        errno != 0 ? strerror(errno) : lb_strerror(e));
     ticket = spool_ticket(st);
     e = spool_commit(st, ticket);
-    if (e != LB_OK)
+    if (e != LB_OK) {
+        if (h != NULL) {
+            (void)close(fd);
+            free(h);
+        }
         return lb_fail(err, e, "cannot make job %s durable in the spool %s", id, st->dir);
+    }
+    if (h != NULL) {
+        h->fd = fd;
+        memcpy(h->id, id, OUTBOX_ID_SIZE);
+        h->state = OUTBOX_QUEUED;
+        *hold = h;
+    }
     return LB_OK;
+}
+
+static enum lb_err spool_put(struct outbox_store *st, const char *id, const json_t *job,
+                             long long due, struct lb_error *err)
+{
+    return spool_put_in(st, id, job, due, NULL, err);
+}
+
+static enum lb_err spool_put_claim(struct outbox_store *st, const char *id, const json_t *job,
+                                   long long due, struct outbox_hold **hold, struct lb_error *err)
+{
+    return spool_put_in(st, id, job, due, hold, err);
 }
 
 /*
@@ -1602,6 +1632,7 @@ static const struct outbox_store_ops spool_ops = {
     .release_key = spool_release_key,
     .expire = spool_expire,
     .flush = spool_flush,
+    .put_claim = spool_put_claim,
 };
 
 struct outbox_store *outbox_spool_open(const char *dir, long long tmp_max_age,

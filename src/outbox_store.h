@@ -113,6 +113,12 @@ struct outbox_store_ops {
      */
     void (*wait)(struct outbox_store *st, long long ms);
     void (*wake)(struct outbox_store *st);
+    /*
+     * Optional (NULL: put, then claim): as put(), and on LB_OK the new job is also claimed by
+     * the caller (*hold), with no window in which anyone else could claim it first.
+     */
+    enum lb_err (*put_claim)(struct outbox_store *st, const char *id, const json_t *job,
+                             long long due, struct outbox_hold **hold, struct lb_error *err);
 };
 
 /*
