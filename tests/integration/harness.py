@@ -329,7 +329,7 @@ class Stack:
 
     def __init__(self, config="foundation.json", nginx=True, standin=True, threads=4,
                  web_port=None, standin_port=None, fcgi=None, workdir=None, record=None,
-                 extra_env=None, keep=None):
+                 extra_env=None, keep=None, person=False):
         self.src = srcdir()
         self.bin = find_binary()
         self.config_src = config if os.path.isabs(config) or os.sep in config \
@@ -348,6 +348,12 @@ class Stack:
         self.procs = {}
         self.bridge_rc = None
         self.failed = False
+        # person=True: post() sends what a person's browser sends to a form whose guard has a
+        # signed token (the widget fetches one, the no-JS page includes one): a fresh token,
+        # old enough for the time trap, and the empty honeypot. A dict with "lb_token": None
+        # posts without them (a bot).
+        self.person = person
+        self._tokens = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -579,12 +585,55 @@ class Stack:
         finally:
             conn.close()
 
+    def _guarded_forms(self):
+        """{path: (form name, min_seconds, honeypot)} of the config's forms with a form token."""
+        if not hasattr(self, "_guarded"):
+            self._guarded = {}
+            try:
+                with open(self.config_src) as f:
+                    cfg = json.load(f)
+            except (OSError, ValueError):
+                cfg = {}
+            for name, form in (cfg.get("forms") or {}).items():
+                g = form.get("guard") or {}
+                if isinstance(g.get("token"), dict) and "path" in form:
+                    self._guarded[form["path"]] = (name, float(g["token"].get("min_seconds", 3)),
+                                                   g.get("honeypot"))
+        return self._guarded
+
+    def person_fields(self, form, min_seconds, honeypot):
+        """A fresh form token for form, issued at least min_seconds ago, and the empty honeypot.
+        Tokens are fetched 20 at a time, so only the first post of a batch waits."""
+        pool = self._tokens.setdefault(form, [])
+        if not pool:
+            t0 = time.monotonic()
+            for _ in range(20):
+                r = self.request("GET", "/lead/%s/token" % form,
+                                 headers={"Accept": "application/json"})
+                if r.status != 200:
+                    raise RuntimeError("GET /lead/%s/token answered %d" % (form, r.status))
+                pool.append((t0, r.json()["token"]))
+        t0, tok = pool.pop(0)
+        wait = t0 + min_seconds + 0.3 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        fields = {"lb_token": tok}
+        if honeypot:
+            fields[honeypot] = ""
+        return fields
+
     def post(self, path, data, content_type="application/x-www-form-urlencoded", headers=None,
              script=True):
         """POSTs data (bytes, str, or a dict/list urlencoded) to path through nginx.
 
         script=True sends Accept: application/json (a script client); False a plain HTML form.
         """
+        if self.person and isinstance(data, dict):
+            guarded = self._guarded_forms().get(path.split("?", 1)[0])
+            if "lb_token" in data and data["lb_token"] is None:
+                data = {k: v for k, v in data.items() if k != "lb_token"}
+            elif guarded is not None and "lb_token" not in data:
+                data = dict(data, **self.person_fields(*guarded))
         if isinstance(data, (dict, list)):
             data = urllib.parse.urlencode(data, doseq=True)
         data = _enc(data)

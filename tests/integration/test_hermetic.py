@@ -58,7 +58,8 @@ class CallerEnvironment(unittest.TestCase):
         cls.saved = {k: os.environ.get(k) for k in CALLER}
         os.environ.update(CALLER)
         try:
-            cls.st = Stack(os.path.join(harness.srcdir(), "conf", "leadbridge.json")).start()
+            cls.st = Stack(os.path.join(harness.srcdir(), "conf", "leadbridge.json"),
+                           person=True).start()
         except BaseException:
             cls._restore()
             raise

@@ -126,7 +126,8 @@ class LeadProCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.st = Stack(cls.config).start()
+        # The shipped config requires the form token: post as a person's browser does.
+        cls.st = Stack(cls.config, person=True).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -233,6 +234,19 @@ class Sample(LeadProCase):
         target, lead_id, expiry = ref_parts(r.json()["lead"]["ref"])
         self.assertEqual((target, lead_id), ("leadpro", str(rec["id"])))
         self.assertAlmostEqual(expiry, time.time() + 86400, delta=120)
+
+    def test_the_shipped_forms_require_the_form_token(self):
+        # A bot that posts the form without the page's token learns nothing from the answer,
+        # and the lead waits in quarantine for a person instead of reaching the API.
+        t, w = token(), word()
+        r = self.post("/lead/contact", dict(self.contact(t, w), lb_token=None))
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(r.json().get("status"), "queued", r)
+        self.assertEqual(find_lead(self.st, "marla.%s@example.com" % t), [])
+        p = self.st.run_bin(["-c", self.st.config, "queue", "spam", "list", "--json"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        spam = [x for x in json.loads(p.stdout) if x.get("form") == "contact"]
+        self.assertTrue(any("token" in json.dumps(x) for x in spam), spam)
 
     def test_contact_plain_post_redirects_to_thanks(self):
         t, w = token(), word()

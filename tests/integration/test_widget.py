@@ -44,7 +44,7 @@ class WidgetBridge(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.st = Stack(os.path.join(srcdir(), "conf", "leadbridge.json"),
-                       extra_env={"LEADBRIDGE_EMBED_SITE": EMBED}).start()
+                       extra_env={"LEADBRIDGE_EMBED_SITE": EMBED}, person=True).start()
 
     @classmethod
     def tearDownClass(cls):
