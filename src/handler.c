@@ -968,6 +968,7 @@ static void pending_call_done(void *ctx, const struct http_reply *reply)
  * was handed over; deliver on this thread.
  */
 static bool defer(struct job *j, enum target_action action, struct outbox_claim *claim,
+                  struct response *out,
                   struct log_record *rec)
 {
     size_t n = j->form->n_targets, calls = 0;
@@ -1016,6 +1017,10 @@ static bool defer(struct job *j, enum target_action action, struct outbox_claim 
         p->rec.detail = p->detail;
     }
     response_init(&p->out);
+    /* What the worker already set for every answer to this request (CORS for the embed on
+     * another origin) goes with it: the loop's answer starts from this. */
+    p->out.allow_origin = out->allow_origin;
+    out->allow_origin = NULL;
     p->start = p->w.start_ms;
     p->finish = p->w.finish;
     p->conn = p->w.conn;
@@ -1191,7 +1196,7 @@ static void accept_and_deliver(struct job *j, enum target_action action, const s
         response_json(out, 202, json_pack("{s:b,s:s}", "ok", 1, "status", "queued"));
         return;
     }
-    if (j->w->loop != NULL && j->w->finish != NULL && defer(j, action, claim, rec))
+    if (j->w->loop != NULL && j->w->finish != NULL && defer(j, action, claim, out, rec))
         return; /* the event loop answers */
     deliver_now(j, action, claim, out, rec);
     file_job(j, claim, out);

@@ -243,6 +243,15 @@ class WidgetBridge(unittest.TestCase):
         self.assertEqual(self.st.request("POST", "/lead/valuation/settings").status, 405)
         self.assertEqual(self.st.request("GET", "/lead/nothing/settings").status, 404)
 
+    def test_a_delivered_lead_answers_the_embed_with_cors(self):
+        # The answer of a lead the event loop delivered keeps the CORS header the worker set
+        # (without it the page on the other origin cannot read its numbers).
+        t = token()
+        r = self.st.post("/lead/valuation", valuation(t), headers={"Origin": EMBED})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["status"], "created", r)
+        self.assertEqual(r.header("access-control-allow-origin"), EMBED, r)
+
 
 if __name__ == "__main__":
     unittest.main()
