@@ -155,19 +155,16 @@ static void pg_close(struct outbox_store *st)
 
 /* ---- jobs ---- */
 
-static enum lb_err pg_put(struct outbox_store *st, const char *id, const json_t *job,
-                          long long due, struct lb_error *err)
+/* put() on connection c (err not NULL). */
+static enum lb_err pg_insert(PGconn *c, const char *id, const json_t *job, long long due,
+                             struct lb_error *err)
 {
     char created[24], next[24], attempts[24], now[24];
-    struct lb_error local;
     const char *form = json_string_value(json_object_get(job, "form"));
     const char *params[7];
     enum lb_err e;
     char *text = pg_dump(job, &e);
-    PGconn *c;
 
-    if (err == NULL)
-        err = &local;
     if (text == NULL)
         return lb_fail(err, e, "job %s: %s", id, lb_strerror(e));
     pg_int(created, pg_job_int(job, "created", due));
@@ -181,11 +178,6 @@ static enum lb_err pg_put(struct outbox_store *st, const char *id, const json_t 
     params[4] = attempts;
     params[5] = text;
     params[6] = now;
-    c = db_acquire(st->pool, err);
-    if (c == NULL) {
-        free(text);
-        return LB_ERR_UNAVAILABLE;
-    }
     /* One statement, one transaction: the row and, when it is due already, the wake-up. */
     e = db_command(c,
                    "WITH ins AS (INSERT INTO leadbridge_outbox_jobs"
@@ -197,8 +189,24 @@ static enum lb_err pg_put(struct outbox_store *st, const char *id, const json_t 
                    7, params, err);
     if (e == LB_ERR_CONFLICT)
         lb_fail(err, e, "job %s exists already", id);
-    db_release(st->pool, c);
     free(text);
+    return e;
+}
+
+static enum lb_err pg_put(struct outbox_store *st, const char *id, const json_t *job,
+                          long long due, struct lb_error *err)
+{
+    struct lb_error local;
+    PGconn *c;
+    enum lb_err e;
+
+    if (err == NULL)
+        err = &local;
+    c = db_acquire(st->pool, err);
+    if (c == NULL)
+        return LB_ERR_UNAVAILABLE;
+    e = pg_insert(c, id, job, due, err);
+    db_release(st->pool, c);
     return e;
 }
 
@@ -222,6 +230,52 @@ static void pg_hold_free(struct outbox_store *st, struct outbox_hold *h, bool un
     }
     db_release(st->pool, h->conn);
     free(h);
+}
+
+/*
+ * put() and the claim at once: the advisory lock is taken on the connection that then inserts
+ * the row, so from the moment the row (and its NOTIFY) is visible to another host's retry thread
+ * it is held, and that thread skips it.
+ */
+static enum lb_err pg_put_claim(struct outbox_store *st, const char *id, const json_t *job,
+                                long long due, struct outbox_hold **hold, struct lb_error *err)
+{
+    struct lb_error local;
+    struct outbox_hold *h;
+    const char *params[1];
+    PGresult *r;
+    enum lb_err e;
+
+    if (err == NULL)
+        err = &local;
+    *hold = NULL;
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return lb_fail(err, LB_ERR_NOMEM, "out of memory");
+    snprintf(h->id, sizeof(h->id), "%s", id);
+    pg_lock_key(id, h->lock_key);
+    h->conn = db_acquire(st->pool, err);
+    if (h->conn == NULL) {
+        free(h);
+        return LB_ERR_UNAVAILABLE;
+    }
+    params[0] = h->lock_key;
+    r = db_exec(h->conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, params, err);
+    if (r == NULL || strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
+        /* a new id whose key someone holds: another job with the same first 64 bits */
+        e = r == NULL ? err->code : lb_fail(err, LB_ERR_CONFLICT, "job %s is held", id);
+        PQclear(r);
+        pg_hold_free(st, h, false);
+        return e;
+    }
+    PQclear(r);
+    e = pg_insert(h->conn, id, job, due, err);
+    if (e != LB_OK) {
+        pg_hold_free(st, h, true);
+        return e;
+    }
+    *hold = h;
+    return LB_OK;
 }
 
 /* Files an unreadable job as a dead letter with the reason (the hold's lock is held). */
@@ -872,6 +926,7 @@ static const struct outbox_store_ops pg_ops = {
     .stats = pg_stats,
     .wait = pg_wait,
     .wake = pg_wake,
+    .put_claim = pg_put_claim,
 };
 
 struct outbox_store *outbox_pg_open(const char *dsn, size_t connections,
