@@ -233,23 +233,18 @@ static void pg_hold_free(struct outbox_store *st, struct outbox_hold *h, bool un
 }
 
 /*
- * put() and the claim at once: the advisory lock is taken on the connection that then inserts
- * the row, so from the moment the row (and its NOTIFY) is visible to another host's retry thread
- * it is held, and that thread skips it.
+ * A hold on id: a pooled connection that has taken id's advisory lock, without waiting.
+ * LB_ERR_CONFLICT when someone else holds it; LB_ERR_UNAVAILABLE, LB_ERR_NOMEM.
  */
-static enum lb_err pg_put_claim(struct outbox_store *st, const char *id, const json_t *job,
-                                long long due, struct outbox_hold **hold, struct lb_error *err)
+static enum lb_err pg_hold_lock(struct outbox_store *st, const char *id,
+                                struct outbox_hold **hold, struct lb_error *err)
 {
-    struct lb_error local;
-    struct outbox_hold *h;
+    struct outbox_hold *h = calloc(1, sizeof(*h));
     const char *params[1];
     PGresult *r;
     enum lb_err e;
 
-    if (err == NULL)
-        err = &local;
     *hold = NULL;
-    h = calloc(1, sizeof(*h));
     if (h == NULL)
         return lb_fail(err, LB_ERR_NOMEM, "out of memory");
     snprintf(h->id, sizeof(h->id), "%s", id);
@@ -262,14 +257,33 @@ static enum lb_err pg_put_claim(struct outbox_store *st, const char *id, const j
     params[0] = h->lock_key;
     r = db_exec(h->conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, params, err);
     if (r == NULL || strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
-        /* a new id whose key someone holds: another job with the same first 64 bits */
         e = r == NULL ? err->code : lb_fail(err, LB_ERR_CONFLICT, "job %s is held", id);
         PQclear(r);
         pg_hold_free(st, h, false);
         return e;
     }
     PQclear(r);
-    e = pg_insert(h->conn, id, job, due, err);
+    *hold = h;
+    return LB_OK;
+}
+
+/*
+ * put() and the claim at once: the advisory lock is taken on the connection that then inserts
+ * the row, so from the moment the row (and its NOTIFY) is visible to another host's retry thread
+ * it is held, and that thread skips it.
+ */
+static enum lb_err pg_put_claim(struct outbox_store *st, const char *id, const json_t *job,
+                                long long due, struct outbox_hold **hold, struct lb_error *err)
+{
+    struct lb_error local;
+    struct outbox_hold *h;
+    enum lb_err e;
+
+    if (err == NULL)
+        err = &local;
+    e = pg_hold_lock(st, id, &h, err);
+    if (e == LB_OK)
+        e = pg_insert(h->conn, id, job, due, err);
     if (e != LB_OK) {
         pg_hold_free(st, h, true);
         return e;
@@ -314,25 +328,9 @@ static enum lb_err pg_claim(struct outbox_store *st, const char *id, unsigned ma
         err = &local;
     *hold = NULL;
     *job = NULL;
-    h = calloc(1, sizeof(*h));
-    if (h == NULL)
-        return lb_fail(err, LB_ERR_NOMEM, "out of memory");
-    snprintf(h->id, sizeof(h->id), "%s", id);
-    pg_lock_key(id, h->lock_key);
-    h->conn = db_acquire(st->pool, err);
-    if (h->conn == NULL) {
-        free(h);
-        return LB_ERR_UNAVAILABLE;
-    }
-    params[0] = h->lock_key;
-    r = db_exec(h->conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, params, err);
-    if (r == NULL || strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
-        e = r == NULL ? err->code : LB_ERR_CONFLICT;
-        PQclear(r);
-        pg_hold_free(st, h, false);
+    e = pg_hold_lock(st, id, &h, err);
+    if (e != LB_OK)
         return e;
-    }
-    PQclear(r);
     /*
      * A new statement, so a new snapshot: it sees whatever the last holder committed. SKIP
      * LOCKED: a row another transaction is changing right now (an operator's purge, retention)
