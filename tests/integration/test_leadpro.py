@@ -235,6 +235,29 @@ class Sample(LeadProCase):
         self.assertEqual((target, lead_id), ("leadpro", str(rec["id"])))
         self.assertAlmostEqual(expiry, time.time() + 86400, delta=120)
 
+    def test_contact_selling_makes_a_vendor_lead_with_its_address(self):
+        # A seller's own property is the lead's address and postcode (LeadPro refuses advert
+        # fields on vendor leads and needs the postcode); without the postcode the visitor is
+        # told under the input they can fix.
+        t, w = token(), word()
+        r = self.post("/lead/contact", self.contact(t, w, enquiry="Selling"))
+        self.assertCreated(r)
+        recs = find_lead(self.st, "marla.%s@example.com" % t)
+        self.assertEqual(len(recs), 1, recs)
+        j = recs[0]["json"]
+        self.assertEqual(j["type"], "vendor")
+        self.assertEqual((j.get("address"), j.get("postcode")),
+                         ("12 Example Street %s" % t, "DE1 1JX"))
+        self.assertNotIn("advert_address", j)
+        self.assertNotIn("advert_postcode", j)
+        t2 = token()
+        r = self.post("/lead/contact", self.contact(t2, w, enquiry="Letting",
+                                                    property_postcode=None))
+        self.assertEqual(r.status, 422, r)
+        errs = r.json()["error"]
+        self.assertIn("property_postcode", json.dumps(errs), errs)
+        self.assertEqual(find_lead(self.st, "marla.%s@example.com" % t2), [])
+
     def test_the_shipped_forms_require_the_form_token(self):
         # A bot that posts the form without the page's token learns nothing from the answer,
         # and the lead waits in quarantine for a person instead of reaching the API.

@@ -94,8 +94,8 @@
         ["email", "Email address", "email", "email"],
         ["phone", "Phone number", "tel", "tel"],
         ["enquiry", "I am interested in", "select", ["Buying", "Renting", "Selling", "Letting"]],
-        ["property", "The property you are asking about (optional)", "text"],
-        ["property_postcode", "Its postcode (optional)", "text", "", "", "lb-w10"],
+        ["property", "The property you are asking about", "text"],
+        ["property_postcode", "Its postcode", "text", "", "", "lb-w10"],
         ["message", "Your message", "textarea"],
         ["consent", PRIVACY + "this enquiry", "consent", "Privacy policy"],
         ["marketing", NEWS, "marketing", "News"]
