@@ -6,7 +6,7 @@
  * headless Chromium, and the lead arrives at the stand-in: 0 false positives. A bot's post on
  * the same stack lands in quarantine, so the guards are really on.
  */
-const { describe, it, before, after } = require("node:test");
+const { describe, it } = require("node:test");
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
 const path = require("node:path");
@@ -14,18 +14,7 @@ const L = require("./lib");
 
 let stack, browser;
 
-before(async () => {
-  stack = await L.startStack("guards");
-  browser = await L.launch();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (stack) {
-    const r = await stack.stop();
-    assert.equal(r.code, 0, "the stack stopped cleanly (the bridge exited 0):\n" + r.stderr);
-  }
-});
+L.useStack("guards", (s, b) => { stack = s; browser = b; });
 
 /* Quarantined jobs (the spool's spam/ folder) that carry marker. */
 function quarantined(marker) {

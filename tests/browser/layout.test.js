@@ -5,24 +5,13 @@
  * failure). Its own stack (stack.py --profile shipped) and browser, so that it can run beside
  * widget.test.js. Leads are checked at the stand-in, not only on the page.
  */
-const { describe, it, before, after } = require("node:test");
+const { describe, it } = require("node:test");
 const assert = require("node:assert/strict");
 const L = require("./lib");
 
 let stack, browser;
 
-before(async () => {
-  stack = await L.startStack("shipped");
-  browser = await L.launch();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (stack) {
-    const r = await stack.stop();
-    assert.equal(r.code, 0, "the stack stopped cleanly (the bridge exited 0):\n" + r.stderr);
-  }
-});
+L.useStack("shipped", (s, b) => { stack = s; browser = b; });
 
 
 /*

@@ -8,6 +8,7 @@
  * results and the stacks' files; CHROMIUM, the browser (default /usr/bin/chromium).
  */
 const assert = require("node:assert/strict");
+const { before, after } = require("node:test");
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const os = require("node:os");
@@ -57,6 +58,26 @@ function startStack(profile) {
       clearTimeout(timer);
       reject(new Error("stack.py exited " + code + " before it started:\n" + err));
     });
+  });
+}
+
+/*
+ * Registers the file's before/after hooks: its own stack (profile) and browser, handed to set
+ * once started; at the end both stop, and the bridge must have exited 0.
+ */
+function useStack(profile, set) {
+  let stack, browser;
+  before(async () => {
+    stack = await startStack(profile);
+    browser = await launch();
+    set(stack, browser);
+  });
+  after(async () => {
+    if (browser) await browser.close();
+    if (stack) {
+      const r = await stack.stop();
+      assert.equal(r.code, 0, "the stack stopped cleanly (the bridge exited 0):\n" + r.stderr);
+    }
   });
 }
 
@@ -262,5 +283,5 @@ async function events(page) {
   return page.evaluate(() => ({ events: window.__lbEvents, dataLayer: window.dataLayer }));
 }
 
-module.exports = { OUT, SHOTS, AXE_LOG, sleep, startStack, standin, leads, waitLeads, mode, launch, newPage, shot, axe,
+module.exports = { OUT, SHOTS, AXE_LOG, sleep, startStack, useStack, standin, leads, waitLeads, mode, launch, newPage, shot, axe,
   overflow, marker, visitor, fill, fillValuation, submitNoJs, tabTo, events };

@@ -4,24 +4,13 @@
  * the shipped config (stack.py --profile shipped). Each test uses its own browser context and its
  * own marker in the lead, and checks what reached the stand-in LeadPro, not only the page.
  */
-const { describe, it, before, after } = require("node:test");
+const { describe, it } = require("node:test");
 const assert = require("node:assert/strict");
 const L = require("./lib");
 
 let stack, browser;
 
-before(async () => {
-  stack = await L.startStack("shipped");
-  browser = await L.launch();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (stack) {
-    const r = await stack.stop();
-    assert.equal(r.code, 0, "the stack stopped cleanly (the bridge exited 0):\n" + r.stderr);
-  }
-});
+L.useStack("shipped", (s, b) => { stack = s; browser = b; });
 
 const PERSONAL = (v) => [v.name, v.email, v.phone, v.address, "Marla", "example.com", "07986"];
 
