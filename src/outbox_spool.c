@@ -1597,7 +1597,10 @@ static void spool_recover(struct outbox_store *st, long long now)
             continue;
         }
         buf_init(&b, SPOOL_WAL_MAX + SPOOL_WAL_HEAD);
-        if (spool_read_fd(fd, &b) == LB_OK) {
+        if (spool_read_fd(fd, &b) != LB_OK) {
+            log_msg(LOG_WARN, "outbox: journal/%s cannot be read; it is kept for a person",
+                    de->d_name);
+        } else {
             spool_replay_journal(st, &b, now);
             if (syncfs(st->dir_fd) == 0 && unlinkat(dirfd(d), de->d_name, 0) == 0)
                 (void)fsync(st->sub_fd[SPOOL_SUB_JOURNAL]);
